@@ -1,0 +1,33 @@
+"""What the HTTP views need from the running worker, passed in explicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from processor.settings import Settings
+from processor.store.runs import RunStore
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Why the worker is or is not ready; ``ready`` only when every part answers."""
+
+    kafka: bool
+    redis: bool
+    partitions_assigned: bool
+    detail: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.kafka and self.redis and self.partitions_assigned
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    settings: Settings
+    runs: RunStore
+    registry: CollectorRegistry
+    readiness: Callable[[], Awaitable[Readiness]]

@@ -1,0 +1,125 @@
+"""Wiring of the HTTP API onto an aiohttp application (Faust's ``web_app`` in the worker)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from aiohttp import web
+
+from processor.api.auth import DEFAULT_TENANT, make_auth_middleware
+from processor.api.context import ApiContext
+from processor.api.errors import error_middleware
+from processor.api.openapi import Param, RouteSpec, add_route, openapi_handler
+from processor.api.ops import CTX_KEY, OpsViews, healthz
+from processor.api.params import DEFAULT_LIMIT, MAX_LIMIT
+from processor.api.runs import ENTRY_KINDS, RunViews
+
+log = logging.getLogger(__name__)
+
+_MS: Final = {"type": "integer", "minimum": 0, "description": "epoch milliseconds"}
+_LIMIT: Final = Param(
+    "limit",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    "page size",
+)
+_RUN_ID: Final = Param("runId", "path", {"type": "string"}, "the run's id")
+
+ROLLUP: Final = RouteSpec(
+    "GET",
+    "/v1/runs/{runId}/rollup",
+    "getRunRollup",
+    "A run's rollup, with totals over its sub-agent tree",
+    "RunRollup",
+    params=(
+        _RUN_ID,
+        Param(
+            "includeSubAgents",
+            "query",
+            {"type": "boolean", "default": True},
+            "false: the ...IncludingSubAgents fields equal the run's own figures",
+        ),
+    ),
+    errors=(404,),
+)
+ENTRIES: Final = RouteSpec(
+    "GET",
+    "/v1/runs/{runId}/entries",
+    "listRunEntries",
+    "The run's retained raw entries ordered by (timestamp, id); filters inclusive",
+    "EntriesPage",
+    params=(
+        _RUN_ID,
+        Param(
+            "kinds",
+            "query",
+            {
+                "type": "string",
+                "pattern": f"^({'|'.join(ENTRY_KINDS)})(,({'|'.join(ENTRY_KINDS)}))*$",
+            },
+            "comma-separated entry kinds to keep",
+        ),
+        Param("stepMin", "query", {"type": "integer", "minimum": 0}, "smallest stepCount"),
+        Param("stepMax", "query", {"type": "integer", "minimum": 0}, "largest stepCount"),
+        Param("start", "query", _MS, "earliest timestamp"),
+        Param("end", "query", _MS, "latest timestamp"),
+        _LIMIT,
+        Param(
+            "offset", "query", {"type": "integer", "minimum": 0, "default": 0}, "entries skipped"
+        ),
+    ),
+    errors=(404,),
+)
+LIST_RUNS: Final = RouteSpec(
+    "GET",
+    "/v1/runs",
+    "listRuns",
+    "Run ids, newest (latest startedAt) first",
+    "RunList",
+    params=(
+        Param("userId", "query", {"type": "string"}, "only runs of this user"),
+        Param("agentName", "query", {"type": "string"}, "only runs of this agent"),
+        Param("since", "query", _MS, "only runs started at or after this time"),
+        _LIMIT,
+    ),
+)
+OPENAPI: Final = RouteSpec(
+    "GET", "/v1/openapi.json", "getOpenApi", "This document", "OpenApiDocument"
+)
+HEALTHZ: Final = RouteSpec("GET", "/healthz", "getHealth", "The process is alive", "Health")
+READYZ: Final = RouteSpec(
+    "GET",
+    "/readyz",
+    "getReadiness",
+    "Kafka and Redis reachable and partitions assigned",
+    "Readiness",
+    extra_responses={503: ("Readiness", "Not ready; the body says which part is missing")},
+)
+
+
+def setup_routes(app: web.Application, ctx: ApiContext) -> None:
+    """Install the error and auth middlewares and every route of this package on ``app``.
+
+    Call once, before the application starts (aiohttp freezes routes and middlewares then).
+    ``/metrics`` is left to Faust's Prometheus sensor; see ``ops.metrics_handler``.
+    """
+    app[CTX_KEY] = ctx
+    keys = ctx.settings.api_key_tenants()
+    if not keys:
+        log.warning(
+            "USAGE_API_KEYS is not set: the HTTP API is unauthenticated and serves tenant %r",
+            DEFAULT_TENANT,
+        )
+    # Error handling outermost, so auth failures are rendered as JSON errors too.
+    app.middlewares.append(error_middleware)
+    app.middlewares.append(make_auth_middleware(keys))
+
+    runs = RunViews(ctx)
+    ops = OpsViews(ctx)
+    add_route(app, ROLLUP, runs.rollup)
+    add_route(app, ENTRIES, runs.entries)
+    add_route(app, LIST_RUNS, runs.list_runs)
+    add_route(app, OPENAPI, openapi_handler)
+    add_route(app, HEALTHZ, healthz)
+    add_route(app, READYZ, ops.readyz)

@@ -1,0 +1,143 @@
+"""The Faust application: one worker runs the ingest consumer and the HTTP API.
+
+Faust supplies the worker: service lifecycle and signals, the embedded web server, its
+sensors, and tables on the `redis://` store. The hot ingest path is an aiokafka consumer
+group service (processor/consumer.py) applying one atomic Lua call per batch to Redis;
+docs/decisions.md has the measurements behind that split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaClient
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from processor.api.context import ApiContext, Readiness
+from processor.domain.pricing import load_catalog
+from processor.consumer import IngestConsumer
+from processor.ingest import IngestPipeline
+from processor.publisher import Publisher
+from processor.metrics import UsageMetrics
+from processor.settings import Settings
+from processor.store.keys import Keys
+from processor.store.runs import RunStore
+
+log = logging.getLogger(__name__)
+
+_READY_CACHE_S = 1.0
+
+
+class UsageApp(faust.App):  # type: ignore[misc]
+    """faust.App plus the services and state every view shares."""
+
+    settings: Settings
+    api_context: ApiContext | None = None
+    extra_services: list[Any] = []
+
+    def on_init_dependencies(self) -> Any:
+        # The publisher starts before the consumer, so dead letters always have a way out.
+        return [*super().on_init_dependencies(), *self.extra_services]
+
+    def on_webserver_init(self, web: Any) -> None:
+        if self.api_context is not None:
+            from processor.api.routes import setup_routes
+
+            setup_routes(web.web_app, self.api_context)
+
+
+class KafkaProbe:
+    """Answers "does the broker answer a metadata request?", cached for a second."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+        self._checked_at = 0.0
+        self._ok = False
+        self._lock = asyncio.Lock()
+
+    async def ok(self) -> bool:
+        async with self._lock:
+            if time.monotonic() - self._checked_at < _READY_CACHE_S:
+                return self._ok
+            client = AIOKafkaClient(bootstrap_servers=self._bootstrap, request_timeout_ms=3000)
+            try:
+                await asyncio.wait_for(client.bootstrap(), timeout=3)
+                self._ok = True
+            except Exception:  # any failure means "not reachable" for readiness
+                self._ok = False
+            finally:
+                await client.close()
+            self._checked_at = time.monotonic()
+            return self._ok
+
+
+def create_app(settings: Settings) -> UsageApp:
+    datadir = Path(tempfile.gettempdir()) / f"usage-stream-{settings.app_id}"
+    app = UsageApp(
+        settings.app_id,
+        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.api_host,
+        web_port=settings.api_port,
+        web_host=settings.api_host,
+        datadir=str(datadir),
+        autodiscover=False,
+        stream_buffer_maxsize=max(4096, settings.batch_max_entries * 2),
+        broker_commit_interval=1.0,
+    )
+    app.settings = settings
+
+    registry = CollectorRegistry()
+    setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
+    metrics = UsageMetrics(registry=registry, label_cap=settings.label_cap)
+
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    runs = RunStore(
+        redis,
+        Keys(settings.key_prefix),
+        dedup_ttl_s=settings.dedup_retention_seconds,
+        entry_ttl_s=settings.entry_retention_seconds,
+    )
+    catalog = load_catalog(settings.prices_file)
+
+    publisher = Publisher(settings)
+    pipeline = IngestPipeline(
+        settings=settings,
+        catalog=catalog,
+        runs=runs,
+        metrics=metrics,
+        publish_dead_letters=lambda letters: publisher.publish(settings.topic_dlq, letters),
+    )
+    ingest = IngestConsumer(settings, pipeline)
+    app.extra_services = [publisher, ingest]
+
+    kafka_probe = KafkaProbe(settings.kafka_bootstrap)
+
+    async def readiness() -> Readiness:
+        try:
+            redis_ok = bool(await asyncio.wait_for(redis.ping(), timeout=2))
+        except Exception:
+            redis_ok = False
+        kafka_ok = await kafka_probe.ok()
+        partitions_ok = ingest.joined.is_set()
+        detail = "" if partitions_ok else "waiting for partition assignment"
+        return Readiness(kafka=kafka_ok, redis=redis_ok, partitions_assigned=partitions_ok, detail=detail)
+
+    app.api_context = ApiContext(settings=settings, runs=runs, registry=registry, readiness=readiness)
+    return app

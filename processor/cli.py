@@ -1,0 +1,135 @@
+"""The `usage-stream` console script (CONTRACT §0)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from processor.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("usage_stream")
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"usage-stream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def cmd_worker(settings: Settings) -> int:
+    import faust
+
+    from processor.app import create_app
+    from processor.topics import ensure_topics
+
+    _configure_logging(settings.log_level)
+    try:
+        asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=60))
+    except Exception as exc:
+        print(
+            f"usage-stream: cannot reach Kafka at {settings.kafka_bootstrap} "
+            f"(USAGE_KAFKA_BOOTSTRAP) to create topics: {exc!r}",
+            file=sys.stderr,
+        )
+        return 1
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_stack(settings: Settings, action: str) -> int:
+    from processor.stack import LocalStack, StackError
+
+    stack = LocalStack(settings)
+    try:
+        if action == "up":
+            info = stack.up()
+            print(f"kafka: {info.kafka_bootstrap}\nredis: {info.redis_url}")
+            print("\n".join(stack.env_lines()))
+        elif action == "down":
+            stack.down()
+        elif action == "status":
+            print(stack.status())
+        elif action == "env":
+            print("\n".join(stack.env_lines()))
+        elif action == "install":
+            stack.install()
+    except StackError as exc:
+        print(f"usage-stream stack {action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_schemas(action: str, directory: Path) -> int:
+    from schemas.export import check_json_schemas, export_json_schemas
+
+    if action == "export":
+        for path in export_json_schemas(directory):
+            print(path)
+        return 0
+    stale = check_json_schemas(directory)
+    if stale:
+        print("out of date: " + ", ".join(stale) + " (run: usage-stream schemas export)")
+        return 1
+    print("schemas are up to date")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="usage-stream", description="Exact, live rollups of LLM agent usage."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run one worker: every stream agent plus the HTTP API")
+    stack = sub.add_parser("stack", help="the local real stack (Kafka KRaft + Redis)")
+    stack.add_argument("action", choices=["up", "down", "status", "env", "install"])
+    schemas = sub.add_parser("schemas", help="JSON Schema files of the wire messages")
+    schemas.add_argument("action", choices=["export", "check"])
+    schemas.add_argument("--dir", type=Path, default=Path("schemas/json"))
+    demo = sub.add_parser("demo", help="stack + worker + simulated agents, live rollups")
+    demo.add_argument("--seconds", type=float, default=0, help="stop after this long (0: never)")
+    bench = sub.add_parser("bench", help="raw aiokafka ceiling vs the full pipeline")
+    bench.add_argument("--entries", type=int, default=50_000)
+    bench.add_argument("--rate", type=int, default=2000, help="offered load for the latency run")
+    bench.add_argument("--latency-seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+
+    if args.command == "schemas":
+        return cmd_schemas(args.action, args.dir)
+    settings = _settings_or_exit()
+    if args.command == "worker":
+        return cmd_worker(settings)
+    if args.command == "stack":
+        return cmd_stack(settings, args.action)
+    if args.command == "demo":
+        from processor.demo import run_demo
+
+        return run_demo(settings, seconds=args.seconds)
+    if args.command == "bench":
+        from processor.bench import run_bench
+
+        return run_bench(
+            settings,
+            entries=args.entries,
+            rate=args.rate,
+            latency_seconds=args.latency_seconds,
+        )
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

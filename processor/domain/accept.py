@@ -1,0 +1,85 @@
+"""Turn a validated usage entry into what the rollups apply: priced, flattened, pure."""
+
+from __future__ import annotations
+
+from processor.domain.money import format_usd, parse_usd
+from processor.domain.pricing import PriceCatalog
+from processor.domain.rollup import AcceptedEntry, TokenCounts, duration_to_us
+from schemas.entry import (
+    CustomEntry,
+    SubagentEntry,
+    TokensEntry,
+    ToolEntry,
+    UsageEntry,
+    effective_total,
+)
+
+
+def with_cost(raw_json: str, cost_usd: str) -> str:
+    """The entry as received plus ``costUsd``, without re-encoding what the producer sent.
+
+    ``raw_json`` is a validated JSON object, so it ends with ``}`` and has at least one
+    member; splicing keeps the producer's bytes and costs nothing on the hot path.
+    """
+    body = raw_json.rstrip()
+    return f'{body[:-1]},"costUsd":"{cost_usd}"}}'
+
+
+def accept_entry(entry: UsageEntry, raw_json: str, catalog: PriceCatalog) -> AcceptedEntry:
+    """Price and flatten one entry. ``raw_json`` is the entry's text as received."""
+    accepted = AcceptedEntry(
+        entry_id=entry.id,
+        kind=entry.kind,
+        tenant_id=entry.tenant_id,
+        run_id=entry.run_id,
+        user_id=entry.user_id,
+        timestamp=entry.timestamp,
+        agent_name=entry.agent_name,
+        wire_json=raw_json,
+    )
+    if isinstance(entry, TokensEntry):
+        t = entry.tokens
+        prompt = t.prompt or 0
+        completion = t.completion or 0
+        reasoning = t.reasoning or 0
+        cached = t.cached or 0
+        cache_write = t.cache_write or 0
+        accepted.model = entry.model
+        accepted.tokens = TokenCounts(
+            prompt, completion, reasoning, cached, cache_write, effective_total(t)
+        )
+        only_total = t.prompt is None and t.completion is None
+        priced = catalog.price_tokens(
+            entry.model,
+            timestamp_ms=entry.timestamp,
+            provider=entry.provider,
+            prompt=0 if only_total else prompt,
+            completion=0 if only_total else completion,
+            reasoning=0 if only_total else reasoning,
+            cached=0 if only_total else cached,
+            cache_write=0 if only_total else cache_write,
+            total_only=t.total if only_total else None,
+        )
+        accepted.provider = priced.provider
+        if entry.cost_usd is not None:
+            # the producer's figure wins, and counts as priced
+            accepted.cost_pico = parse_usd(entry.cost_usd)
+            accepted.priced = True
+        else:
+            accepted.cost_pico = priced.cost_pico
+            accepted.priced = priced.priced
+            accepted.wire_json = with_cost(raw_json, format_usd(priced.cost_pico))
+    elif isinstance(entry, ToolEntry):
+        accepted.call_name = entry.tool_name
+        accepted.success = entry.success
+        accepted.duration_us = duration_to_us(entry.duration_ms)
+    elif isinstance(entry, SubagentEntry):
+        accepted.call_name = entry.sub_agent_type
+        accepted.success = entry.success
+        accepted.duration_us = duration_to_us(entry.duration_ms)
+        accepted.child_run_id = entry.sub_agent_run_id
+    elif isinstance(entry, CustomEntry):
+        accepted.custom_type = entry.type
+        accepted.custom_name = entry.name
+        accepted.custom_value = entry.value
+    return accepted

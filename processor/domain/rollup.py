@@ -1,0 +1,335 @@
+"""The per-run rollup: how entries fold into counters, and how counters read back.
+
+A run's rollup is stored as a flat map of integer (and, for custom metrics, float)
+counters so that applying a batch is a series of HINCRBY calls: commutative and
+associative, hence independent of arrival order and safe to aggregate per batch before
+touching state. This module is pure: it knows field names, not Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+TOKEN_TYPES = ("prompt", "completion", "reasoning", "cached", "cacheWrite", "total")
+CALL_STATS = ("calls", "ok", "fail", "us")
+
+# Field tags of the run hash. Structured parts are JSON-encoded so that user-supplied
+# names (models, tools, custom types) may contain any character without ambiguity.
+F_COUNT = "n"
+F_STARTED = "ts0"
+F_UPDATED = "ts1"
+F_USER = "user"
+F_TENANT = "tenant"
+F_AGENT = "agent"
+T_TOKENS = "tk:"
+T_COST = "c:"
+T_TOOL = "tl:"
+T_SUBAGENT = "sa:"
+T_CUSTOM = "x:"
+
+
+@lru_cache(maxsize=65536)
+def field_name(tag: str, *parts: str) -> str:
+    return tag + json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+
+
+def _parts(name: str, tag: str) -> list[str]:
+    parts = json.loads(name[len(tag) :])
+    assert isinstance(parts, list)
+    return [str(p) for p in parts]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    prompt: int = 0
+    completion: int = 0
+    reasoning: int = 0
+    cached: int = 0
+    cache_write: int = 0
+    total: int = 0
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(
+            self.prompt + other.prompt,
+            self.completion + other.completion,
+            self.reasoning + other.reasoning,
+            self.cached + other.cached,
+            self.cache_write + other.cache_write,
+            self.total + other.total,
+        )
+
+    def as_tuple(self) -> tuple[int, int, int, int, int, int]:
+        return (
+            self.prompt,
+            self.completion,
+            self.reasoning,
+            self.cached,
+            self.cache_write,
+            self.total,
+        )
+
+    def to_wire(self) -> dict[str, int]:
+        return dict(zip(TOKEN_TYPES, self.as_tuple(), strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    calls: int = 0
+    successful: int = 0
+    failed: int = 0
+    duration_us: int = 0
+
+    def __add__(self, other: CallStats) -> CallStats:
+        return CallStats(
+            self.calls + other.calls,
+            self.successful + other.successful,
+            self.failed + other.failed,
+            self.duration_us + other.duration_us,
+        )
+
+
+def duration_to_us(duration_ms: float) -> int:
+    """Durations are summed as integer microseconds so the sum is order-independent."""
+    return round(duration_ms * 1000)
+
+
+def us_to_ms(us: int) -> int | float:
+    return us // 1000 if us % 1000 == 0 else us / 1000
+
+
+@dataclass(slots=True)
+class AcceptedEntry:
+    """A validated entry with everything needed to apply it (pricing already done)."""
+
+    entry_id: str
+    kind: str
+    tenant_id: str
+    run_id: str
+    user_id: str
+    timestamp: int
+    agent_name: str | None
+    wire_json: str  # the entry as received plus costUsd for tokens entries
+    model: str | None = None
+    provider: str | None = None
+    priced: bool = True
+    tokens: TokenCounts | None = None
+    cost_pico: int = 0
+    call_name: str | None = None  # toolName or subAgentType
+    success: bool = True
+    duration_us: int = 0
+    child_run_id: str | None = None
+    custom_type: str | None = None
+    custom_name: str | None = None
+    custom_value: float = 0.0
+
+
+@dataclass(slots=True)
+class RunDelta:
+    """Everything a batch changes in one run: applied atomically with its entries' dedup marks."""
+
+    tenant_id: str
+    run_id: str
+    user_id: str
+    agent_name: str | None
+    entry_ids: list[str] = field(default_factory=list)
+    incr: dict[str, int] = field(default_factory=dict)
+    fincr: dict[str, float] = field(default_factory=dict)
+    min_ts: int = 0
+    max_ts: int = 0
+    children: set[str] = field(default_factory=set)
+    entries: list[tuple[str, int, str]] = field(default_factory=list)  # (id, timestamp, json)
+
+    def add(self, e: AcceptedEntry) -> None:
+        if not self.entry_ids:
+            self.min_ts = self.max_ts = e.timestamp
+        else:
+            self.min_ts = min(self.min_ts, e.timestamp)
+            self.max_ts = max(self.max_ts, e.timestamp)
+        self.entry_ids.append(e.entry_id)
+        self.entries.append((e.entry_id, e.timestamp, e.wire_json))
+        if self.agent_name is None:
+            self.agent_name = e.agent_name
+        incr = self.incr
+        incr[F_COUNT] = incr.get(F_COUNT, 0) + 1
+        if e.kind == "tokens":
+            assert e.model is not None and e.tokens is not None
+            for name, value in zip(TOKEN_TYPES, e.tokens.as_tuple(), strict=True):
+                if value:
+                    f = field_name(T_TOKENS, e.model, name)
+                    incr[f] = incr.get(f, 0) + value
+            f = field_name(T_COST, e.model)
+            incr[f] = incr.get(f, 0) + e.cost_pico
+        elif e.kind in ("tool", "subagent"):
+            assert e.call_name is not None
+            tag = T_TOOL if e.kind == "tool" else T_SUBAGENT
+            for stat, value in (
+                ("calls", 1),
+                ("ok" if e.success else "fail", 1),
+                ("us", e.duration_us),
+            ):
+                f = field_name(tag, e.call_name, stat)
+                incr[f] = incr.get(f, 0) + value
+            if e.child_run_id is not None:
+                self.children.add(e.child_run_id)
+        elif e.kind == "custom":
+            assert e.custom_type is not None and e.custom_name is not None
+            f = field_name(T_CUSTOM, e.custom_type, e.custom_name)
+            self.fincr[f] = self.fincr.get(f, 0.0) + e.custom_value
+
+
+def fold_run(entries: Iterable[AcceptedEntry]) -> RunDelta:
+    it = iter(entries)
+    first = next(it)
+    delta = RunDelta(first.tenant_id, first.run_id, first.user_id, first.agent_name)
+    delta.add(first)
+    for e in it:
+        delta.add(e)
+    return delta
+
+
+def group_by_run(
+    entries: Iterable[AcceptedEntry],
+) -> tuple[dict[tuple[str, str], list[AcceptedEntry]], list[AcceptedEntry]]:
+    """Entries per (tenant, run), arrival order kept, and the repeats of an id in the batch."""
+    groups: dict[tuple[str, str], list[AcceptedEntry]] = {}
+    repeats: list[AcceptedEntry] = []
+    seen: set[tuple[str, str]] = set()
+    for e in entries:
+        ident = (e.tenant_id, e.entry_id)
+        if ident in seen:
+            repeats.append(e)
+            continue
+        seen.add(ident)
+        groups.setdefault((e.tenant_id, e.run_id), []).append(e)
+    return groups, repeats
+
+
+@dataclass(slots=True)
+class RunRollup:
+    """A run's own figures, read back from its counters."""
+
+    run_id: str
+    tenant_id: str
+    user_id: str
+    agent_name: str | None
+    entry_count: int
+    started_at: int | None
+    last_updated_at: int | None
+    tokens_by_model: dict[str, TokenCounts]
+    cost_by_model: dict[str, int]
+    tools: dict[str, CallStats]
+    subagents: dict[str, CallStats]
+    custom: dict[str, dict[str, float]]
+    children: list[str]
+
+    @property
+    def tokens(self) -> TokenCounts:
+        return sum(self.tokens_by_model.values(), TokenCounts())
+
+    @property
+    def cost_pico(self) -> int:
+        return sum(self.cost_by_model.values())
+
+    @classmethod
+    def from_fields(
+        cls, run_id: str, fields: Mapping[str, str], children: Iterable[str]
+    ) -> RunRollup:
+        tokens: dict[str, dict[str, int]] = {}
+        cost: dict[str, int] = {}
+        calls: dict[str, dict[str, dict[str, int]]] = {T_TOOL: {}, T_SUBAGENT: {}}
+        custom: dict[str, dict[str, float]] = {}
+        for name, raw in fields.items():
+            if name.startswith(T_TOKENS):
+                model, ttype = _parts(name, T_TOKENS)
+                tokens.setdefault(model, {})[ttype] = int(raw)
+            elif name.startswith(T_COST):
+                (model,) = _parts(name, T_COST)
+                cost[model] = int(raw)
+                tokens.setdefault(model, {})
+            elif name.startswith(T_TOOL) or name.startswith(T_SUBAGENT):
+                tag = name[:3]
+                cname, stat = _parts(name, tag)
+                calls[tag].setdefault(cname, {})[stat] = int(raw)
+            elif name.startswith(T_CUSTOM):
+                ctype, cname = _parts(name, T_CUSTOM)
+                custom.setdefault(ctype, {})[cname] = _number(float(raw))
+
+        def counts(d: dict[str, int]) -> TokenCounts:
+            return TokenCounts(*(d.get(t, 0) for t in TOKEN_TYPES))
+
+        def stats(d: dict[str, int]) -> CallStats:
+            return CallStats(d.get("calls", 0), d.get("ok", 0), d.get("fail", 0), d.get("us", 0))
+
+        started = fields.get(F_STARTED)
+        updated = fields.get(F_UPDATED)
+        return cls(
+            run_id=run_id,
+            tenant_id=fields.get(F_TENANT, "default"),
+            user_id=fields.get(F_USER, ""),
+            agent_name=fields.get(F_AGENT),
+            entry_count=int(fields.get(F_COUNT, "0")),
+            started_at=int(started) if started is not None else None,
+            last_updated_at=int(updated) if updated is not None else None,
+            tokens_by_model={m: counts(d) for m, d in sorted(tokens.items())},
+            cost_by_model={m: cost.get(m, 0) for m in sorted(tokens)},
+            tools={n: stats(d) for n, d in sorted(calls[T_TOOL].items())},
+            subagents={n: stats(d) for n, d in sorted(calls[T_SUBAGENT].items())},
+            custom=custom,
+            children=sorted(set(children)),
+        )
+
+
+def _number(v: float) -> int | float:
+    """Custom values read back as ints when whole, so `3` is not served as `3.0`."""
+    return int(v) if v.is_integer() and abs(v) < 2**53 else v
+
+
+@dataclass(frozen=True, slots=True)
+class TreeTotals:
+    tokens: TokenCounts
+    cost_pico: int
+    custom: dict[str, dict[str, float]]
+
+
+def sum_tree(rollups: Iterable[RunRollup]) -> TreeTotals:
+    """Totals over a set of runs, each counted once (the caller dedups the tree)."""
+    tokens = TokenCounts()
+    cost = 0
+    custom: dict[str, dict[str, float]] = {}
+    for r in rollups:
+        tokens = tokens + r.tokens
+        cost += r.cost_pico
+        for ctype, names in r.custom.items():
+            bucket = custom.setdefault(ctype, {})
+            for cname, value in names.items():
+                bucket[cname] = _number(float(bucket.get(cname, 0)) + value)
+    return TreeTotals(tokens, cost, custom)
+
+
+def walk_tree_levels(
+    root: str, children_of: Mapping[str, Iterable[str]], depth_limit: int
+) -> list[str]:
+    """Run ids reachable from ``root`` (root first), each once, cycles cut, depth-limited."""
+    order = [root]
+    visited = {root}
+    frontier = [root]
+    depth = 0
+    while frontier and depth < depth_limit:
+        nxt: list[str] = []
+        for run in frontier:
+            for child in children_of.get(run, ()):
+                if child not in visited:
+                    visited.add(child)
+                    order.append(child)
+                    nxt.append(child)
+        frontier = nxt
+        depth += 1
+    return order
+
+
+def custom_to_wire(custom: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    return {t: dict(sorted(names.items())) for t, names in sorted(custom.items())}

@@ -1,0 +1,169 @@
+"""One batch of raw messages in, exact effects out: DLQ, Redis rollups, metrics.
+
+Faust-free on purpose so the same code runs under the Faust agent, in tests and in the
+benchmark. The caller commits the batch's offsets only after ``process`` returns, so a
+crash anywhere re-delivers the batch, and the idempotent Redis apply makes the re-delivery
+change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from processor.domain.accept import accept_entry
+from processor.domain.pricing import PriceCatalog
+from processor.domain.rollup import AcceptedEntry
+from processor.metrics import UsageMetrics
+from processor.settings import Settings
+from processor.store.runs import RunStore
+from schemas.deadletter import build_dead_letter
+from schemas.entry import parse_entry
+from schemas.errors import EntryRejected
+
+log = logging.getLogger(__name__)
+
+DeadLetterPublisher = Callable[[list[tuple[bytes | None, bytes]]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    accepted: list[AcceptedEntry] = field(default_factory=list)
+    duplicates: list[AcceptedEntry] = field(default_factory=list)
+    rejected: int = 0
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    now_ms: int
+    valid: list[AcceptedEntry] = field(default_factory=list)
+    letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    rejected_reasons: Counter[str] = field(default_factory=Counter)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class IngestPipeline:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: PriceCatalog,
+        runs: RunStore,
+        metrics: UsageMetrics,
+        publish_dead_letters: DeadLetterPublisher,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._max_bytes = settings.max_entry_bytes
+        self._catalog = catalog
+        self._runs = runs
+        self._metrics = metrics
+        self._publish_dead_letters = publish_dead_letters
+        self._clock = clock
+
+    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        return await self.apply(self.prepare(messages))
+
+    def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
+        """The CPU part: decode, validate, price; build dead letters. No I/O."""
+        now = self._clock()
+        batch = PreparedBatch(now_ms=now)
+        for m in messages:
+            raw = m.value if m.value is not None else b""
+            try:
+                entry = parse_entry(raw, now_ms=now, max_bytes=self._max_bytes)
+                batch.valid.append(accept_entry(entry, raw.decode("utf-8"), self._catalog))
+            except EntryRejected as err:
+                batch.rejected_reasons[err.code] += 1
+                batch.letters.append(
+                    (
+                        m.key,
+                        build_dead_letter(
+                            raw_value=raw,
+                            key=m.key,
+                            topic=m.topic,
+                            partition=m.partition,
+                            offset=m.offset,
+                            error=err,
+                            received_at_ms=now,
+                        ),
+                    )
+                )
+        return batch
+
+    async def apply(self, batch: PreparedBatch) -> BatchOutcome:
+        """The I/O part: dead letters acknowledged by Kafka, effects applied in Redis."""
+        outcome = BatchOutcome(rejected=len(batch.letters))
+        if batch.letters:
+            await self._publish_dead_letters(batch.letters)
+        if batch.valid:
+            applied = await self._runs.apply(batch.valid)
+            outcome.accepted = applied.accepted
+            outcome.duplicates = applied.duplicates
+        self._record(outcome, batch.rejected_reasons, batch.now_ms)
+        return outcome
+
+    def _record(self, outcome: BatchOutcome, rejected: Counter[str], now: int) -> None:
+        m = self._metrics
+        for reason, n in rejected.items():
+            m.dead_letter(reason, n)
+        if rejected:
+            m.entry("unknown", "rejected", sum(rejected.values()))
+        for kind, n in Counter(e.kind for e in outcome.duplicates).items():
+            m.entry(kind, "duplicate", n)
+        kinds: Counter[str] = Counter()
+        tokens: Counter[tuple[str, str | None, str]] = Counter()
+        cost: Counter[tuple[str, str | None]] = Counter()
+        unpriced: Counter[str] = Counter()
+        subagents: Counter[tuple[str, bool]] = Counter()
+        custom: Counter[str] = Counter()
+        for e in outcome.accepted:
+            kinds[e.kind] += 1
+            if e.kind == "tokens" and e.tokens is not None and e.model is not None:
+                t = e.tokens
+                for name, value in (
+                    ("prompt", t.prompt),
+                    ("completion", t.completion),
+                    ("reasoning", t.reasoning),
+                    ("cached", t.cached),
+                    ("cache_write", t.cache_write),
+                ):
+                    if value:
+                        tokens[(e.model, e.provider, name)] += value
+                cost[(e.model, e.provider)] += e.cost_pico
+                if not e.priced:
+                    unpriced[e.model] += t.total
+            elif e.kind == "tool" and e.call_name is not None:
+                m.tool_call(e.call_name, e.success, e.duration_us / 1000)
+            elif e.kind == "subagent" and e.call_name is not None:
+                subagents[(e.call_name, e.success)] += 1
+            elif e.kind == "custom" and e.custom_type is not None:
+                custom[e.custom_type] += 1
+        for kind, n in kinds.items():
+            m.entry(kind, "accepted", n)
+        for (model, provider, ttype), n in tokens.items():
+            m.tokens(model, provider, ttype, n)
+        for (model, provider), pico in cost.items():
+            m.cost(model, provider, pico)
+        for model, n in unpriced.items():
+            m.unpriced(model, n)
+        for (stype, ok), n in subagents.items():
+            m.subagent_call(stype, ok, n)
+        for ctype, n in custom.items():
+            m.custom(ctype, n)
+        if outcome.accepted:
+            m.event_lags((now - e.timestamp) / 1000 for e in outcome.accepted)

@@ -1,0 +1,39 @@
+"""Producing to the topics the processor owns: idempotent, acks=all, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from mode import Service
+
+from processor.settings import Settings
+
+
+class Publisher(Service):  # type: ignore[misc]
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def on_start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            client_id=f"{self._settings.app_id}-publisher",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
+        await self._producer.start()
+
+    async def on_stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def publish(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        """Send and wait until the broker acknowledged every message."""
+        if self._producer is None:
+            raise RuntimeError("publisher is not started")
+        futures = [await self._producer.send(topic, value=v, key=k) for k, v in messages]
+        await asyncio.gather(*futures)

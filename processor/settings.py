@@ -1,0 +1,164 @@
+"""All configuration, from ``USAGE_*`` environment variables or a ``.env`` file.
+
+One class on purpose: every knob is listed here, validated at start-up, and documented in
+the README's configuration table (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "USAGE_"
+
+
+class SettingsError(Exception):
+    """Configuration that cannot be used; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    # --- connections -----------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "localhost:9092", description="Kafka bootstrap servers (host:port[,host:port])"
+    )
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL holding all state")
+    app_id: str = Field(
+        "usage-stream", min_length=1, description="Faust app id = Kafka consumer group"
+    )
+    key_prefix: str = Field(
+        "us", min_length=1, description="Prefix of every Redis key this app writes"
+    )
+
+    # --- topics ----------------------------------------------------------------------
+    topic_entries: str = Field(
+        "usage.entries", min_length=1, description="Input topic of usage entries"
+    )
+    topic_dlq: str = Field("usage.entries.dlq", min_length=1, description="Dead-letter topic")
+    topic_notifications: str = Field(
+        "usage.notifications", min_length=1, description="Alerts topic"
+    )
+    topic_invoices: str = Field("usage.invoices", min_length=1, description="Invoices topic")
+    topic_partitions: int = Field(
+        8, ge=1, le=10_000, description="Partitions of topics the processor creates"
+    )
+    topic_replication: int = Field(
+        1, ge=1, le=16, description="Replication factor of topics it creates"
+    )
+
+    # --- HTTP API --------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to")
+    api_port: int = Field(6066, ge=1, le=65535, description="Port of the HTTP API and /metrics")
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated key:tenant pairs; when set, every /v1 request needs a bearer key",
+    )
+
+    # --- processing ------------------------------------------------------------------
+    max_entry_bytes: int = Field(
+        65536, ge=1, description="Larger messages are dead letters (too_large)"
+    )
+    batch_max_entries: int = Field(
+        2000, ge=1, le=100_000, description="Entries applied to Redis per batch"
+    )
+    batch_max_wait_ms: int = Field(20, ge=0, le=10_000, description="Longest wait to fill a batch")
+    entry_retention_seconds: int = Field(
+        7 * 86400, ge=60, description="How long raw entries are kept"
+    )
+    dedup_retention_seconds: int = Field(
+        35 * 86400, ge=60, description="How long entry ids are remembered for de-duplication"
+    )
+    subagent_depth_limit: int = Field(
+        64, ge=1, le=10_000, description="Deepest sub-agent tree walked"
+    )
+    label_cap: int = Field(
+        200, ge=1, description="Distinct values per metric label before __other__"
+    )
+
+    # --- files -----------------------------------------------------------------------
+    prices_file: Path | None = Field(
+        None, description="YAML price catalog extending the built-in one"
+    )
+    alert_rules_file: Path | None = Field(
+        None, description="YAML alert rules replacing the defaults"
+    )
+
+    # --- local stack -----------------------------------------------------------------
+    stack_dir: Path = Field(
+        Path(".usage-stack"), description="State of the local stack (logs, data, pids)"
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "usage-stream",
+        description="Downloaded Kafka jars (kept across clones)",
+    )
+    kafka_version: str = Field("3.9.1", description="Apache Kafka version the local stack runs")
+
+    log_level: str = Field("info", description="Log level: debug, info, warning, error")
+
+    @field_validator("prices_file", "alert_rules_file")
+    @classmethod
+    def _file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return v.lower()
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parse_api_keys(v.get_secret_value())
+        return v
+
+    def api_key_tenants(self) -> dict[str, str]:
+        """Bearer key -> tenant id; empty when no keys are configured."""
+        if self.api_keys is None:
+            return {}
+        return parse_api_keys(self.api_keys.get_secret_value())
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, tenant = pair.partition(":")
+        if not sep or not key.strip() or not tenant.strip():
+            raise ValueError("expected comma-separated key:tenant pairs")
+        keys[key.strip()] = tenant.strip()
+    if not keys:
+        raise ValueError("no key:tenant pair given")
+    return keys
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, refusing unknown ``USAGE_*`` variables and naming bad ones."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(
+        k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+    )
+    if unknown:
+        raise SettingsError(f"unknown configuration variable(s): {', '.join(unknown)}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

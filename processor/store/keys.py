@@ -1,0 +1,58 @@
+"""Every Redis key this application writes, in one place.
+
+All keys start with ``Settings.key_prefix`` so several deployments (and every test) can
+share one Redis. User-supplied ids are embedded verbatim after a fixed number of
+``:``-separated parts; nobody parses keys back, so ids containing ``:`` are harmless.
+
+Layout (``p`` = prefix, ``t`` = tenant id):
+
+- ``p:seen:t:<entryId>``            string, TTL dedup retention: the entry id was applied
+- ``p:run:t:<runId>``               hash: the run's own rollup counters (see domain.rollup)
+- ``p:run:t:<runId>:children``      set: sub-agent run ids referenced by the run
+- ``p:run:t:<runId>:order``         sorted set: entry ids scored by timestamp (ties by id)
+- ``p:run:t:<runId>:entries``       hash: entry id -> accepted entry JSON (TTL retention)
+- ``p:runs:t``                      sorted set: run ids scored by startedAt
+- ``p:runs:t:user:<userId>``        sorted set: the user's run ids scored by startedAt
+- ``p:runs:t:agent:<agentName>``    sorted set: the agent's run ids scored by startedAt
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+
+    def seen_prefix(self, tenant: str) -> str:
+        """Prefix of dedup marks; the Lua script appends the entry id."""
+        return f"{self.prefix}:seen:{tenant}:"
+
+    def seen(self, tenant: str, entry_id: str) -> str:
+        return self.seen_prefix(tenant) + entry_id
+
+    def run(self, tenant: str, run_id: str) -> str:
+        return f"{self.prefix}:run:{tenant}:{run_id}"
+
+    def run_children(self, tenant: str, run_id: str) -> str:
+        return self.run(tenant, run_id) + ":children"
+
+    def run_order(self, tenant: str, run_id: str) -> str:
+        return self.run(tenant, run_id) + ":order"
+
+    def run_entries(self, tenant: str, run_id: str) -> str:
+        return self.run(tenant, run_id) + ":entries"
+
+    def runs_index(self, tenant: str) -> str:
+        return f"{self.prefix}:runs:{tenant}"
+
+    def runs_by_user(self, tenant: str, user_id: str) -> str:
+        return f"{self.prefix}:runs:{tenant}:user:{user_id}"
+
+    def runs_by_agent(self, tenant: str, agent_name: str) -> str:
+        return f"{self.prefix}:runs:{tenant}:agent:{agent_name}"
+
+    def pattern_all(self) -> str:
+        """Glob matching every key of this prefix (used by tests and `stack` tooling)."""
+        return f"{self.prefix}:*"

@@ -1,0 +1,190 @@
+"""Run rollups in Redis: one atomic Lua call per batch to apply, pipelined reads to serve."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+from processor.domain.rollup import (
+    AcceptedEntry,
+    RunDelta,
+    RunRollup,
+    fold_run,
+    group_by_run,
+)
+from processor.store.keys import Keys
+
+_APPLY_LUA = resources.files("processor.store").joinpath("apply_batch.lua").read_text("utf-8")
+
+# Each round either applies a group or strictly shrinks it, so this only bounds
+# pathological races between workers re-sending the same ids at the same moment.
+_MAX_ROUNDS = 50
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    accepted: list[AcceptedEntry] = field(default_factory=list)
+    duplicates: list[AcceptedEntry] = field(default_factory=list)
+
+
+class RunStore:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        dedup_ttl_s: int,
+        entry_ttl_s: int,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._dedup_ttl_s = dedup_ttl_s
+        self._entry_ttl_s = entry_ttl_s
+        self._apply_script = redis.register_script(_APPLY_LUA)
+
+    # --- write side ---------------------------------------------------------------------
+
+    async def apply(self, entries: Sequence[AcceptedEntry]) -> ApplyResult:
+        """Apply a batch exactly once per entry id; returns what was new and what was not."""
+        groups, repeats = group_by_run(entries)
+        result = ApplyResult(duplicates=repeats)
+
+        pending: list[tuple[list[AcceptedEntry], RunDelta]] = [
+            (members, fold_run(members)) for members in groups.values()
+        ]
+        for _ in range(_MAX_ROUNDS):
+            if not pending:
+                return result
+            raw = await self._apply_script(
+                keys=[],
+                args=[
+                    json.dumps({"groups": [self._group_payload(d) for _, d in pending]}),
+                    self._dedup_ttl_s,
+                    self._entry_ttl_s,
+                ],
+            )
+            conflicts = _decode_conflicts(raw)
+            retry: list[tuple[list[AcceptedEntry], RunDelta]] = []
+            for index, (members, _) in enumerate(pending):
+                seen = conflicts.get(index)
+                if seen is None:
+                    result.accepted.extend(members)
+                    continue
+                rest = [e for e in members if e.entry_id not in seen]
+                result.duplicates.extend(e for e in members if e.entry_id in seen)
+                if rest:
+                    retry.append((rest, fold_run(rest)))
+            pending = retry
+        raise RuntimeError("could not apply batch: entry ids kept conflicting")
+
+    def _group_payload(self, d: RunDelta) -> dict[str, Any]:
+        k = self._keys
+        t = d.tenant_id
+        return {
+            "seen": k.seen_prefix(t),
+            "ids": d.entry_ids,
+            "run": k.run(t, d.run_id),
+            "run_id": d.run_id,
+            "run_children": k.run_children(t, d.run_id),
+            "run_order": k.run_order(t, d.run_id),
+            "run_entries": k.run_entries(t, d.run_id),
+            "idx_all": k.runs_index(t),
+            "idx_user": k.runs_by_user(t, d.user_id),
+            "idx_agent": k.runs_by_agent(t, d.agent_name) if d.agent_name else None,
+            "user": d.user_id,
+            "tenant": t,
+            "agent": d.agent_name,
+            "incr": [x for f, v in d.incr.items() for x in (f, str(v))],
+            "fincr": [x for f, v in d.fincr.items() for x in (f, repr(v))],
+            "min_ts": d.min_ts,
+            "max_ts": d.max_ts,
+            "children": sorted(d.children),
+            "entries": [[i, str(ts), js] for i, ts, js in d.entries],
+        }
+
+    # --- read side ----------------------------------------------------------------------
+
+    async def get_rollups(self, tenant: str, run_ids: Iterable[str]) -> dict[str, RunRollup]:
+        ids = list(dict.fromkeys(run_ids))
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hgetall(self._keys.run(tenant, run_id))
+                pipe.smembers(self._keys.run_children(tenant, run_id))
+            replies = await pipe.execute()
+        out: dict[str, RunRollup] = {}
+        for i, run_id in enumerate(ids):
+            fields, children = replies[2 * i], replies[2 * i + 1]
+            if fields:
+                out[run_id] = RunRollup.from_fields(run_id, fields, children)
+        return out
+
+    async def get_rollup(self, tenant: str, run_id: str) -> RunRollup | None:
+        return (await self.get_rollups(tenant, [run_id])).get(run_id)
+
+    async def get_tree(self, tenant: str, root: RunRollup, depth_limit: int) -> list[RunRollup]:
+        """The root and every run reachable through sub-agent links, once each, cycles cut.
+
+        Read breadth-first, one pipelined round trip per level. Children not (yet) known
+        to Redis are skipped: a child's entries may arrive after its parent's.
+        """
+        found = [root]
+        visited = {root.run_id}
+        frontier = [root]
+        depth = 0
+        while frontier and depth < depth_limit:
+            next_ids = [c for r in frontier for c in r.children if c not in visited]
+            next_ids = list(dict.fromkeys(next_ids))
+            visited.update(next_ids)
+            level = await self.get_rollups(tenant, next_ids)
+            frontier = [level[c] for c in next_ids if c in level]
+            found.extend(frontier)
+            depth += 1
+        return found
+
+    async def get_entries(self, tenant: str, run_id: str) -> list[dict[str, Any]]:
+        """Every retained entry of the run, ordered by (timestamp, id)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self._keys.run_order(tenant, run_id), 0, -1)
+            pipe.hgetall(self._keys.run_entries(tenant, run_id))
+            order, bodies = await pipe.execute()
+        return [json.loads(bodies[i]) for i in order if i in bodies]
+
+    async def list_runs(
+        self,
+        tenant: str,
+        *,
+        user_id: str | None,
+        agent_name: str | None,
+        since: int | None,
+        limit: int,
+    ) -> list[str]:
+        if user_id is not None:
+            key = self._keys.runs_by_user(tenant, user_id)
+        elif agent_name is not None:
+            key = self._keys.runs_by_agent(tenant, agent_name)
+        else:
+            key = self._keys.runs_index(tenant)
+        low: str | int = since if since is not None else "-inf"
+        if user_id is not None and agent_name is not None:
+            candidates = await self._redis.zrevrangebyscore(key, "+inf", low)
+            agent_runs = await self._redis.zrevrangebyscore(
+                self._keys.runs_by_agent(tenant, agent_name), "+inf", low
+            )
+            allowed = set(agent_runs)
+            return [r for r in candidates if r in allowed][:limit]
+        result = await self._redis.zrevrangebyscore(key, "+inf", low, start=0, num=limit)
+        return list(result)
+
+
+def _decode_conflicts(raw: Any) -> dict[int, set[str]]:
+    decoded = json.loads(raw)
+    if isinstance(decoded, dict):  # cjson encodes an empty table as {}
+        return {}
+    return {int(index): set(ids) for index, ids in decoded}

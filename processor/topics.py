@@ -1,0 +1,56 @@
+"""The topics of CONTRACT §1, created at start-up when missing."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from processor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TopicSetupError(Exception):
+    """A topic the processor owns could not be created."""
+
+
+def owned_topics(settings: Settings) -> list[str]:
+    return [
+        settings.topic_entries,
+        settings.topic_dlq,
+        settings.topic_notifications,
+        settings.topic_invoices,
+    ]
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the missing topics; returns the names created. Existing ones are left alone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in owned_topics(settings) if t not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=t,
+                    num_partitions=settings.topic_partitions,
+                    replication_factor=settings.topic_replication,
+                )
+                for t in missing
+            ]
+        )
+        for topic_error in response.topic_errors:
+            name, code = topic_error[0], topic_error[1]
+            # another worker may have created it between our list and create: same outcome
+            if code not in (0, TopicAlreadyExistsError.errno):
+                detail = topic_error[2] if len(topic_error) > 2 else ""
+                raise TopicSetupError(f"cannot create topic {name!r}: error {code} {detail}")
+        log.info("created topics %s", ", ".join(missing))
+        return missing
+    finally:
+        await admin.close()

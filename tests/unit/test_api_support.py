@@ -1,0 +1,213 @@
+"""Shared helpers of the API tests: a real redis-server, entry builders, an app factory.
+
+Named ``test_api_*`` to stay inside the API test files; it holds a few self-checks too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from processor.api.context import ApiContext, Readiness
+from processor.api.routes import setup_routes
+from processor.domain.money import format_usd
+from processor.domain.rollup import AcceptedEntry, TokenCounts, duration_to_us
+from processor.settings import Settings
+from processor.store.keys import Keys
+from processor.store.runs import RunStore
+
+T0 = 1_700_000_000_000
+REDIS_BINARY = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A throw-away redis-server on loopback without persistence; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="api-test-redis-") as tmp:
+        port = free_port()
+        proc = subprocess.Popen(
+            [REDIS_BINARY, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
+                        c.sendall(b"PING\r\n")
+                        if c.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def unique_prefix() -> str:
+    return f"apitest-{uuid.uuid4().hex[:12]}"
+
+
+def make_store(redis: Redis, prefix: str) -> RunStore:
+    return RunStore(redis, Keys(prefix), dedup_ttl_s=3600, entry_ttl_s=3600)
+
+
+def make_settings(prefix: str, **overrides: Any) -> Settings:
+    return Settings(_env_file=None, key_prefix=prefix, **overrides)  # type: ignore[call-arg]
+
+
+def ready_probe(ready: bool = True) -> Callable[[], Awaitable[Readiness]]:
+    async def probe() -> Readiness:
+        return Readiness(kafka=ready, redis=True, partitions_assigned=ready, detail="d")
+
+    return probe
+
+
+def build_app(
+    settings: Settings,
+    store: RunStore,
+    readiness: Callable[[], Awaitable[Readiness]] | None = None,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    app = web.Application()
+    ctx = ApiContext(
+        settings=settings,
+        runs=store,
+        registry=registry or CollectorRegistry(),
+        readiness=readiness or ready_probe(),
+    )
+    setup_routes(app, ctx)
+    return app
+
+
+# --- entry builders: the wire JSON and the AcceptedEntry agree ---------------------------
+
+_counter = iter(range(10**9))
+
+
+def _entry(kind: str, run: str, ts: int, wire: dict[str, Any], **fields: Any) -> AcceptedEntry:
+    entry_id = wire.pop("id", None) or f"e{next(_counter):06d}"
+    tenant = fields.pop("tenant", "default")
+    user = fields.pop("user", "u1")
+    agent = fields.pop("agent", None)
+    step = fields.pop("step", None)
+    body: dict[str, Any] = {"id": entry_id, "kind": kind, "runId": run, "userId": user}
+    if tenant != "default":
+        body["tenantId"] = tenant
+    body["timestamp"] = ts
+    if step is not None:
+        body["stepCount"] = step
+    if agent is not None:
+        body["agentName"] = agent
+    body.update(wire)
+    return AcceptedEntry(
+        entry_id=entry_id,
+        kind=kind,
+        tenant_id=tenant,
+        run_id=run,
+        user_id=user,
+        timestamp=ts,
+        agent_name=agent,
+        wire_json=json.dumps(body),
+        **fields,
+    )
+
+
+def tokens(
+    run: str, ts: int, model: str, prompt: int, completion: int, cost_pico: int, **kw: Any
+) -> AcceptedEntry:
+    counts = TokenCounts(
+        prompt=prompt,
+        completion=completion,
+        reasoning=kw.pop("reasoning", 0),
+        cached=kw.pop("cached", 0),
+        cache_write=kw.pop("cache_write", 0),
+        total=prompt + completion,
+    )
+    wire = {
+        "id": kw.pop("id", None),
+        "model": model,
+        "tokens": {"prompt": prompt, "completion": completion},
+        "costUsd": format_usd(cost_pico),
+    }
+    return _entry("tokens", run, ts, wire, model=model, tokens=counts, cost_pico=cost_pico, **kw)
+
+
+def tool(run: str, ts: int, name: str, ok: bool, ms: float, **kw: Any) -> AcceptedEntry:
+    wire = {"id": kw.pop("id", None), "toolName": name, "durationMs": ms, "success": ok}
+    return _entry(
+        "tool", run, ts, wire, call_name=name, success=ok, duration_us=duration_to_us(ms), **kw
+    )
+
+
+def subagent(
+    run: str, ts: int, sa_type: str, child: str, ok: bool = True, ms: float = 10, **kw: Any
+) -> AcceptedEntry:
+    wire = {
+        "id": kw.pop("id", None),
+        "subAgentType": sa_type,
+        "subAgentRunId": child,
+        "durationMs": ms,
+        "success": ok,
+    }
+    return _entry(
+        "subagent",
+        run,
+        ts,
+        wire,
+        call_name=sa_type,
+        success=ok,
+        duration_us=duration_to_us(ms),
+        child_run_id=child,
+        **kw,
+    )
+
+
+def custom(run: str, ts: int, ctype: str, name: str, value: float, **kw: Any) -> AcceptedEntry:
+    wire = {"id": kw.pop("id", None), "type": ctype, "name": name, "value": value}
+    return _entry(
+        "custom", run, ts, wire, custom_type=ctype, custom_name=name, custom_value=value, **kw
+    )
+
+
+# --- self-checks of the helpers ------------------------------------------------------------
+
+
+def test_redis_server_starts_and_stops() -> None:
+    with redis_server() as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_tokens_builder_writes_cost_as_plain_decimal() -> None:
+    e = tokens("r", T0, "m", 10, 5, 1_500_000_000, id="x")
+    body = json.loads(e.wire_json)
+    assert body["costUsd"] == "0.0015"
+    assert body["id"] == "x" and e.tokens is not None and e.tokens.total == 15

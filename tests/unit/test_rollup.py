@@ -1,0 +1,164 @@
+"""Rollup algebra: folding is order-independent, batch-split-independent and exact."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processor.domain.rollup import (
+    AcceptedEntry,
+    CallStats,
+    RunRollup,
+    TokenCounts,
+    duration_to_us,
+    field_name,
+    fold_run,
+    group_by_run,
+    sum_tree,
+    us_to_ms,
+    walk_tree_levels,
+    T_TOKENS,
+)
+
+names = st.text(min_size=1, max_size=12)
+
+
+@st.composite
+def entries(draw: st.DrawFn, run_id: str = "r1") -> AcceptedEntry:
+    kind = draw(st.sampled_from(["tokens", "tool", "subagent", "custom"]))
+    eid = draw(st.uuids()).hex
+    ts = draw(st.integers(1_577_836_800_000, 1_900_000_000_000))
+    base = dict(
+        entry_id=eid,
+        kind=kind,
+        tenant_id="default",
+        run_id=run_id,
+        user_id="u",
+        timestamp=ts,
+        agent_name=draw(st.none() | names),
+        wire_json="{}",
+    )
+    if kind == "tokens":
+        p, c = draw(st.integers(0, 10**7)), draw(st.integers(0, 10**7))
+        return AcceptedEntry(
+            **base,
+            model=draw(st.sampled_from(["gpt-4o", "m|x", 'we"ird', "claude"])),
+            tokens=TokenCounts(p, c, c // 2, p // 3, p // 5, p + c),
+            cost_pico=draw(st.integers(0, 10**15)),
+        )
+    if kind in ("tool", "subagent"):
+        return AcceptedEntry(
+            **base,
+            call_name=draw(names),
+            success=draw(st.booleans()),
+            duration_us=draw(st.integers(0, 10**9)),
+            child_run_id=draw(names) if kind == "subagent" else None,
+        )
+    return AcceptedEntry(
+        **base,
+        custom_type=draw(names),
+        custom_name=draw(names),
+        custom_value=float(draw(st.integers(-1000, 1000))) / 2,
+    )
+
+
+def merged(deltas: list[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for d in deltas:
+        total.update(d)
+    return {k: v for k, v in total.items()}
+
+
+@settings(max_examples=200)
+@given(st.lists(entries(), min_size=1, max_size=40), st.randoms())
+def test_fold_is_order_independent(es: list[AcceptedEntry], rnd: object) -> None:
+    shuffled = list(es)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    a, b = fold_run(es), fold_run(shuffled)
+    assert a.incr == b.incr
+    assert a.fincr == b.fincr
+    assert (a.min_ts, a.max_ts, a.children) == (b.min_ts, b.max_ts, b.children)
+
+
+@settings(max_examples=200)
+@given(st.lists(entries(), min_size=2, max_size=40), st.data())
+def test_fold_of_split_batches_merges_to_fold_of_whole(
+    es: list[AcceptedEntry], data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(1, len(es) - 1))
+    whole = fold_run(es)
+    left, right = fold_run(es[:cut]), fold_run(es[cut:])
+    assert merged([left.incr, right.incr]) == whole.incr
+    assert min(left.min_ts, right.min_ts) == whole.min_ts
+    assert max(left.max_ts, right.max_ts) == whole.max_ts
+    assert left.children | right.children == whole.children
+
+
+@given(st.lists(entries(), min_size=1, max_size=30))
+def test_fields_read_back_exactly(es: list[AcceptedEntry]) -> None:
+    delta = fold_run(es)
+    fields = {k: str(v) for k, v in delta.incr.items()}
+    fields.update({k: repr(v) for k, v in delta.fincr.items()})
+    rollup = RunRollup.from_fields("r1", fields, delta.children)
+    tokens = [e.tokens for e in es if e.tokens is not None]
+    assert rollup.tokens == sum(tokens, TokenCounts())
+    assert rollup.cost_pico == sum(e.cost_pico for e in es)
+    assert rollup.entry_count == len(es)
+    tools = [e for e in es if e.kind == "tool"]
+    assert sum((s.calls for s in rollup.tools.values()), 0) == len(tools)
+    assert sum((s.failed for s in rollup.tools.values()), 0) == sum(not e.success for e in tools)
+    assert sum((s.duration_us for s in rollup.tools.values()), 0) == sum(
+        e.duration_us for e in tools
+    )
+    custom = Counter[tuple[str, str]]()
+    for e in es:
+        if e.kind == "custom":
+            custom[(e.custom_type or "", e.custom_name or "")] += e.custom_value  # type: ignore[assignment]
+    for (ctype, cname), value in custom.items():
+        assert rollup.custom[ctype][cname] == value
+    assert rollup.children == sorted({e.child_run_id for e in es if e.child_run_id})
+
+
+def test_field_names_are_unambiguous_for_any_model_name() -> None:
+    a = field_name(T_TOKENS, 'a","b', "prompt")
+    b = field_name(T_TOKENS, "a", '","b"prompt')
+    assert a != b
+
+
+def test_group_by_run_drops_repeated_ids_within_a_batch() -> None:
+    e = AcceptedEntry("id1", "custom", "default", "r", "u", 1, None, "{}", custom_type="t",
+                      custom_name="n", custom_value=1.0)
+    again = AcceptedEntry("id1", "custom", "default", "r", "u", 1, None, "{}", custom_type="t",
+                          custom_name="n", custom_value=1.0)
+    other_tenant = AcceptedEntry("id1", "custom", "acme", "r", "u", 1, None, "{}",
+                                 custom_type="t", custom_name="n", custom_value=1.0)
+    groups, repeats = group_by_run([e, again, other_tenant])
+    assert repeats == [again]
+    assert groups == {("default", "r"): [e], ("acme", "r"): [other_tenant]}
+
+
+def test_durations_are_whole_microseconds_and_read_back_as_ms() -> None:
+    assert duration_to_us(12.3456) == 12346
+    assert us_to_ms(12000) == 12
+    assert us_to_ms(12346) == 12.346
+    assert CallStats(1, 1, 0, 5) + CallStats(2, 0, 2, 7) == CallStats(3, 1, 2, 12)
+
+
+def test_tree_walk_counts_each_run_once_and_cuts_cycles() -> None:
+    children = {"root": ["a", "b"], "a": ["c", "b"], "b": ["c"], "c": ["root", "d"], "d": []}
+    assert walk_tree_levels("root", children, depth_limit=10) == ["root", "a", "b", "c", "d"]
+    assert walk_tree_levels("root", children, depth_limit=1) == ["root", "a", "b"]
+
+
+def test_sum_tree_adds_tokens_cost_and_custom() -> None:
+    def rollup(run: str, prompt: int, cost: int, custom: float) -> RunRollup:
+        return RunRollup(run, "default", "u", None, 1, 1, 1,
+                         {"m": TokenCounts(prompt=prompt, total=prompt)}, {"m": cost}, {}, {},
+                         {"api": {"x": custom}}, [])
+
+    totals = sum_tree([rollup("a", 10, 7, 1.5), rollup("b", 5, 3, 2.5)])
+    assert totals.tokens == TokenCounts(prompt=15, total=15)
+    assert totals.cost_pico == 10
+    assert totals.custom == {"api": {"x": 4}}
