@@ -100,6 +100,8 @@ def create_app(settings: Settings) -> UsageApp:
         autodiscover=False,
         stream_buffer_maxsize=max(4096, settings.batch_max_entries * 2),
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_ms / 3000),
     )
     app.settings = settings
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,8 @@ class IngestConsumer(Service):  # type: ignore[misc]
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             isolation_level="read_committed",
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(300, min(3000, s.kafka_session_timeout_ms // 3)),
         )
         self._consumer.subscribe([s.topic_entries], listener=_Listener(self))
         await self._consumer.start()
@@ -102,11 +105,18 @@ class IngestConsumer(Service):  # type: ignore[misc]
             offsets: dict[TopicPartition, int] = {}
             for tp, msgs in records.items():
                 offsets[tp] = msgs[-1].offset + 1
-                messages.extend(
-                    RawMessage(tp.topic, tp.partition, m.offset, m.key, m.value) for m in msgs
-                )
+                messages.extend(msgs)
+            t0 = time.perf_counter()
             prepared = self._pipeline.prepare(messages)
+            t1 = time.perf_counter()
             await self._drain()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "batch of %d: prepared in %.1f ms, waited %.1f ms for the previous apply",
+                    len(messages),
+                    (t1 - t0) * 1000,
+                    (time.perf_counter() - t1) * 1000,
+                )
             task = asyncio.create_task(self._apply_until_done(prepared))
             self._inflight = _InFlight(task, offsets)
 

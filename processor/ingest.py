@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from processor.domain.accept import accept_entry
 from processor.domain.pricing import PriceCatalog
@@ -29,8 +30,25 @@ log = logging.getLogger(__name__)
 DeadLetterPublisher = Callable[[list[tuple[bytes | None, bytes]]], Awaitable[None]]
 
 
+class RawMessage(Protocol):
+    """What the pipeline reads of a consumed message (aiokafka's ConsumerRecord fits)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
-class RawMessage:
+class Message:
+    """A RawMessage built by hand (tests, HTTP ingest)."""
+
     topic: str
     partition: int
     offset: int
@@ -86,7 +104,7 @@ class IngestPipeline:
             raw = m.value if m.value is not None else b""
             try:
                 entry = parse_entry(raw, now_ms=now, max_bytes=self._max_bytes)
-                batch.valid.append(accept_entry(entry, raw.decode("utf-8"), self._catalog))
+                batch.valid.append(accept_entry(entry, raw, self._catalog))
             except EntryRejected as err:
                 batch.rejected_reasons[err.code] += 1
                 batch.letters.append(
@@ -130,6 +148,7 @@ class IngestPipeline:
         cost: Counter[tuple[str, str | None]] = Counter()
         unpriced: Counter[str] = Counter()
         subagents: Counter[tuple[str, bool]] = Counter()
+        tools: dict[str, tuple[list[int], list[float]]] = {}
         custom: Counter[str] = Counter()
         for e in outcome.accepted:
             kinds[e.kind] += 1
@@ -148,7 +167,9 @@ class IngestPipeline:
                 if not e.priced:
                     unpriced[e.model] += t.total
             elif e.kind == "tool" and e.call_name is not None:
-                m.tool_call(e.call_name, e.success, e.duration_us / 1000)
+                outcomes, durations = tools.setdefault(e.call_name, ([0, 0], []))
+                outcomes[0 if e.success else 1] += 1
+                durations.append(e.duration_us / 1000)
             elif e.kind == "subagent" and e.call_name is not None:
                 subagents[(e.call_name, e.success)] += 1
             elif e.kind == "custom" and e.custom_type is not None:
@@ -161,6 +182,8 @@ class IngestPipeline:
             m.cost(model, provider, pico)
         for model, n in unpriced.items():
             m.unpriced(model, n)
+        for tool, ((ok_calls, failed_calls), durations) in tools.items():
+            m.tool_calls_batch(tool, ok_calls, failed_calls, durations)
         for (stype, ok), n in subagents.items():
             m.subagent_call(stype, ok, n)
         for ctype, n in custom.items():

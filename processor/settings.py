@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "USAGE_"
+# Variables read by the test harness only (e.g. USAGE_TEST_KAFKA_BOOTSTRAP), not settings.
+TEST_ENV_PREFIX = "USAGE_TEST_"
 
 
 class SettingsError(Exception):
@@ -79,6 +81,12 @@ class Settings(BaseSettings):
     dedup_retention_seconds: int = Field(
         35 * 86400, ge=60, description="How long entry ids are remembered for de-duplication"
     )
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        le=300_000,
+        description="Consumer group session timeout: how soon a dead worker's partitions move",
+    )
     subagent_depth_limit: int = Field(
         64, ge=1, le=10_000, description="Deepest sub-agent tree walked"
     )
@@ -132,6 +140,21 @@ class Settings(BaseSettings):
         if self.api_keys is None:
             return {}
         return parse_api_keys(self.api_keys.get_secret_value())
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every field as a ``USAGE_<FIELD>`` variable (secrets unwrapped, None left out).
+
+    How a parent process hands its exact configuration to a worker it starts.
+    """
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        env[ENV_PREFIX + name.upper()] = text
+    return env
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:

@@ -15,18 +15,18 @@ from schemas.entry import (
 )
 
 
-def with_cost(raw_json: str, cost_usd: str) -> str:
+def with_cost(raw_json: bytes, cost_usd: str) -> bytes:
     """The entry as received plus ``costUsd``, without re-encoding what the producer sent.
 
     ``raw_json`` is a validated JSON object, so it ends with ``}`` and has at least one
     member; splicing keeps the producer's bytes and costs nothing on the hot path.
     """
     body = raw_json.rstrip()
-    return f'{body[:-1]},"costUsd":"{cost_usd}"}}'
+    return b'%s,"costUsd":"%s"}' % (body[:-1], cost_usd.encode())
 
 
-def accept_entry(entry: UsageEntry, raw_json: str, catalog: PriceCatalog) -> AcceptedEntry:
-    """Price and flatten one entry. ``raw_json`` is the entry's text as received."""
+def accept_entry(entry: UsageEntry, raw_json: bytes, catalog: PriceCatalog) -> AcceptedEntry:
+    """Price and flatten one entry. ``raw_json`` is the entry's JSON as received."""
     accepted = AcceptedEntry(
         entry_id=entry.id,
         kind=entry.kind,

@@ -8,7 +8,6 @@ touching state. This module is pure: it knows field names, not Redis.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -17,30 +16,37 @@ from typing import Any
 TOKEN_TYPES = ("prompt", "completion", "reasoning", "cached", "cacheWrite", "total")
 CALL_STATS = ("calls", "ok", "fail", "us")
 
-# Field tags of the run hash. Structured parts are JSON-encoded so that user-supplied
-# names (models, tools, custom types) may contain any character without ambiguity.
+# Field tags of the run hash. Parts are joined with "|" after escaping "%" and "|", so
+# user-supplied names (models, tools, custom types) may contain any character without
+# ambiguity, and the Lua payload carries them without JSON escaping.
 F_COUNT = "n"
 F_STARTED = "ts0"
 F_UPDATED = "ts1"
 F_USER = "user"
 F_TENANT = "tenant"
 F_AGENT = "agent"
-T_TOKENS = "tk:"
-T_COST = "c:"
-T_TOOL = "tl:"
-T_SUBAGENT = "sa:"
-T_CUSTOM = "x:"
+T_TOKENS = "tk|"
+T_COST = "c|"
+T_TOOL = "tl|"
+T_SUBAGENT = "sa|"
+T_CUSTOM = "x|"
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace("|", "%7C")
+
+
+def _unescape(part: str) -> str:
+    return part.replace("%7C", "|").replace("%25", "%")
 
 
 @lru_cache(maxsize=65536)
 def field_name(tag: str, *parts: str) -> str:
-    return tag + json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+    return tag + "|".join(_escape(p) for p in parts)
 
 
 def _parts(name: str, tag: str) -> list[str]:
-    parts = json.loads(name[len(tag) :])
-    assert isinstance(parts, list)
-    return [str(p) for p in parts]
+    return [_unescape(p) for p in name[len(tag) :].split("|")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,7 @@ class AcceptedEntry:
     user_id: str
     timestamp: int
     agent_name: str | None
-    wire_json: str  # the entry as received plus costUsd for tokens entries
+    wire_json: str | bytes  # the entry as received plus costUsd for tokens entries
     model: str | None = None
     provider: str | None = None
     priced: bool = True
@@ -141,44 +147,57 @@ class RunDelta:
     min_ts: int = 0
     max_ts: int = 0
     children: set[str] = field(default_factory=set)
-    entries: list[tuple[str, int, str]] = field(default_factory=list)  # (id, timestamp, json)
+    # (id, timestamp, json body)
+    entries: list[tuple[str, int, str | bytes]] = field(default_factory=list)
 
     def add(self, e: AcceptedEntry) -> None:
+        ts = e.timestamp
         if not self.entry_ids:
-            self.min_ts = self.max_ts = e.timestamp
-        else:
-            self.min_ts = min(self.min_ts, e.timestamp)
-            self.max_ts = max(self.max_ts, e.timestamp)
+            self.min_ts = self.max_ts = ts
+        elif ts < self.min_ts:
+            self.min_ts = ts
+        elif ts > self.max_ts:
+            self.max_ts = ts
         self.entry_ids.append(e.entry_id)
-        self.entries.append((e.entry_id, e.timestamp, e.wire_json))
+        self.entries.append((e.entry_id, ts, e.wire_json))
         if self.agent_name is None:
             self.agent_name = e.agent_name
         incr = self.incr
         incr[F_COUNT] = incr.get(F_COUNT, 0) + 1
         if e.kind == "tokens":
             assert e.model is not None and e.tokens is not None
-            for name, value in zip(TOKEN_TYPES, e.tokens.as_tuple(), strict=True):
+            fields = _token_fields(e.model)
+            for f, value in zip(fields, e.tokens.as_tuple(), strict=False):
                 if value:
-                    f = field_name(T_TOKENS, e.model, name)
                     incr[f] = incr.get(f, 0) + value
-            f = field_name(T_COST, e.model)
+            f = fields[6]
             incr[f] = incr.get(f, 0) + e.cost_pico
-        elif e.kind in ("tool", "subagent"):
+        elif e.kind == "tool" or e.kind == "subagent":
             assert e.call_name is not None
-            tag = T_TOOL if e.kind == "tool" else T_SUBAGENT
-            for stat, value in (
-                ("calls", 1),
-                ("ok" if e.success else "fail", 1),
-                ("us", e.duration_us),
-            ):
-                f = field_name(tag, e.call_name, stat)
-                incr[f] = incr.get(f, 0) + value
+            calls, ok, fail, us = _call_fields(e.kind, e.call_name)
+            outcome = ok if e.success else fail
+            incr[calls] = incr.get(calls, 0) + 1
+            incr[outcome] = incr.get(outcome, 0) + 1
+            incr[us] = incr.get(us, 0) + e.duration_us
             if e.child_run_id is not None:
                 self.children.add(e.child_run_id)
         elif e.kind == "custom":
             assert e.custom_type is not None and e.custom_name is not None
             f = field_name(T_CUSTOM, e.custom_type, e.custom_name)
             self.fincr[f] = self.fincr.get(f, 0.0) + e.custom_value
+
+
+@lru_cache(maxsize=16384)
+def _token_fields(model: str) -> tuple[str, ...]:
+    """The six token fields of a model (in TOKEN_TYPES order), then its cost field."""
+    return (*(field_name(T_TOKENS, model, t) for t in TOKEN_TYPES), field_name(T_COST, model))
+
+
+@lru_cache(maxsize=16384)
+def _call_fields(kind: str, name: str) -> tuple[str, str, str, str]:
+    tag = T_TOOL if kind == "tool" else T_SUBAGENT
+    calls, ok, fail, us = (field_name(tag, name, stat) for stat in CALL_STATS)
+    return calls, ok, fail, us
 
 
 def fold_run(entries: Iterable[AcceptedEntry]) -> RunDelta:

@@ -1,48 +1,75 @@
 -- Apply one batch of run deltas atomically, each with the dedup marks of its entries.
 --
--- ARGV[1]: JSON {groups: [...]} (see processor/store/runs.py for the shape)
+-- ARGV[1]: msgpack {stats, groups: [...]} (shape: processor/store/runs.py, _group_payload)
 -- ARGV[2]: dedup TTL seconds, ARGV[3]: entry retention seconds
+-- ARGV[4..]: the entries' JSON bodies, referenced by index from the groups; passed as
+-- plain arguments so the script never decodes them (decoding them doubled its cost).
 --
 -- A group is applied only if none of its entry ids was seen before; otherwise it is left
 -- untouched and reported back with the ids already seen, and the caller re-folds it
 -- without them. So the state change and the dedup marks are written in one atomic step:
 -- a crash leaves either both or neither, and a replay changes nothing.
--- Integers travel as strings: Lua numbers are doubles and money (pico-dollars) may
--- exceed 2^53 over a run's lifetime.
-local payload = cjson.decode(ARGV[1])
-
--- unpack() is bounded by Lua's C stack: call in chunks
-local function call_chunked(cmd, key, args, stride)
-  local n = #args
-  local step = 1000 * stride
-  for i = 1, n, step do
-    local last = math.min(i + step - 1, n)
-    redis.call(cmd, key, unpack(args, i, last))
-  end
-end
+-- Counter increments travel as strings: Lua numbers are doubles.
+-- Key suffixes ':children' and ':entries' mirror processor/store/keys.py.
+local payload = cmsgpack.unpack(ARGV[1])
 local dedup_ttl = tonumber(ARGV[2])
 local entry_ttl = tonumber(ARGV[3])
 local conflicts = {}
+local applied = 0
+
+-- unpack() is bounded by Lua's C stack: call in chunks of at most 1000 items
+local function call_chunked(cmd, key, args)
+  for i = 1, #args, 1000 do
+    if key then
+      redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+    else
+      redis.call(cmd, unpack(args, i, math.min(i + 999, #args)))
+    end
+  end
+end
 
 for gi, g in ipairs(payload.groups) do
+  -- Claim every id with SET NX; on any clash, release this group's claims untouched.
   local seen = {}
+  local claimed = {}
   local seen_prefix = g.seen
   for _, id in ipairs(g.ids) do
-    if redis.call('EXISTS', seen_prefix .. id) == 1 then
+    if redis.call('SET', seen_prefix .. id, '1', 'NX', 'EX', dedup_ttl) then
+      claimed[#claimed + 1] = seen_prefix .. id
+    else
       seen[#seen + 1] = id
     end
   end
   if #seen > 0 then
+    if #claimed > 0 then
+      call_chunked('DEL', false, claimed)
+    end
     conflicts[#conflicts + 1] = {gi - 1, seen}
   else
-    for _, id in ipairs(g.ids) do
-      redis.call('SET', seen_prefix .. id, '1', 'EX', dedup_ttl)
-    end
+    applied = applied + #g.ids
     local h = g.run
-    redis.call('HSETNX', h, 'user', g.user)
-    redis.call('HSETNX', h, 'tenant', g.tenant)
-    if g.agent ~= cjson.null then
-      redis.call('HSETNX', h, 'agent', g.agent)
+    local meta = redis.call('HMGET', h, 'user', 'ts0', 'ts1', 'agent')
+    local new_run = not meta[1]
+    local started = tonumber(meta[2])
+    local updated = tonumber(meta[3])
+    local set = {}
+    if new_run then
+      set[#set + 1] = 'user'; set[#set + 1] = g.user
+      set[#set + 1] = 'tenant'; set[#set + 1] = g.tenant
+    end
+    if g.agent ~= '' and not meta[4] then
+      set[#set + 1] = 'agent'; set[#set + 1] = g.agent
+    end
+    local moved_start = started == nil or g.min_ts < started
+    if moved_start then
+      started = g.min_ts
+      set[#set + 1] = 'ts0'; set[#set + 1] = string.format('%d', g.min_ts)
+    end
+    if updated == nil or g.max_ts > updated then
+      set[#set + 1] = 'ts1'; set[#set + 1] = string.format('%d', g.max_ts)
+    end
+    if #set > 0 then
+      redis.call('HSET', h, unpack(set))
     end
     local incr = g.incr
     for i = 1, #incr, 2 do
@@ -52,39 +79,32 @@ for gi, g in ipairs(payload.groups) do
     for i = 1, #fincr, 2 do
       redis.call('HINCRBYFLOAT', h, fincr[i], fincr[i + 1])
     end
-    local started = tonumber(redis.call('HGET', h, 'ts0'))
-    if started == nil or g.min_ts < started then
-      redis.call('HSET', h, 'ts0', string.format('%d', g.min_ts))
-      started = g.min_ts
-    end
-    local updated = tonumber(redis.call('HGET', h, 'ts1'))
-    if updated == nil or g.max_ts > updated then
-      redis.call('HSET', h, 'ts1', string.format('%d', g.max_ts))
-    end
     if #g.children > 0 then
-      call_chunked('SADD', g.run_children, g.children, 1)
+      call_chunked('SADD', h .. ':children', g.children)
     end
     -- raw entries, kept for the retention period after the run's last write
-    local order_args = {}
-    local entry_args = {}
-    for _, e in ipairs(g.entries) do
-      order_args[#order_args + 1] = e[2]
-      order_args[#order_args + 1] = e[1]
-      entry_args[#entry_args + 1] = e[1]
-      entry_args[#entry_args + 1] = e[3]
+    local bodies = {}
+    local es = g.entries
+    for i = 1, #es, 2 do
+      bodies[#bodies + 1] = es[i]
+      bodies[#bodies + 1] = ARGV[es[i + 1]]
     end
-    call_chunked('ZADD', g.run_order, order_args, 2)
-    call_chunked('HSET', g.run_entries, entry_args, 2)
-    redis.call('EXPIRE', g.run_order, entry_ttl)
-    redis.call('EXPIRE', g.run_entries, entry_ttl)
-    -- run indexes scored by startedAt; LT keeps the earliest start
-    local score = string.format('%d', started)
-    redis.call('ZADD', g.idx_all, 'LT', score, g.run_id)
-    redis.call('ZADD', g.idx_user, 'LT', score, g.run_id)
-    if g.idx_agent ~= cjson.null then
-      redis.call('ZADD', g.idx_agent, 'LT', score, g.run_id)
+    call_chunked('HSET', h .. ':entries', bodies)
+    redis.call('EXPIRE', h .. ':entries', entry_ttl)
+    -- run indexes scored by startedAt: touched only when the start moves (rarely)
+    if moved_start then
+      local score = string.format('%d', started)
+      redis.call('ZADD', g.idx_all, score, g.run_id)
+      redis.call('ZADD', g.idx_user, score, g.run_id)
+      if g.idx_agent ~= '' then
+        redis.call('ZADD', g.idx_agent, score, g.run_id)
+      end
     end
   end
+end
+
+if applied > 0 then
+  redis.call('HINCRBY', payload.stats, 'applied', applied)
 end
 
 return cjson.encode(conflicts)

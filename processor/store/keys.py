@@ -9,11 +9,11 @@ Layout (``p`` = prefix, ``t`` = tenant id):
 - ``p:seen:t:<entryId>``            string, TTL dedup retention: the entry id was applied
 - ``p:run:t:<runId>``               hash: the run's own rollup counters (see domain.rollup)
 - ``p:run:t:<runId>:children``      set: sub-agent run ids referenced by the run
-- ``p:run:t:<runId>:order``         sorted set: entry ids scored by timestamp (ties by id)
 - ``p:run:t:<runId>:entries``       hash: entry id -> accepted entry JSON (TTL retention)
 - ``p:runs:t``                      sorted set: run ids scored by startedAt
 - ``p:runs:t:user:<userId>``        sorted set: the user's run ids scored by startedAt
 - ``p:runs:t:agent:<agentName>``    sorted set: the agent's run ids scored by startedAt
+- ``p:stats``                       hash: ``applied`` = entries applied (all tenants)
 """
 
 from __future__ import annotations
@@ -35,11 +35,9 @@ class Keys:
     def run(self, tenant: str, run_id: str) -> str:
         return f"{self.prefix}:run:{tenant}:{run_id}"
 
+    # apply_batch.lua derives the next two from run() by the same suffixes
     def run_children(self, tenant: str, run_id: str) -> str:
         return self.run(tenant, run_id) + ":children"
-
-    def run_order(self, tenant: str, run_id: str) -> str:
-        return self.run(tenant, run_id) + ":order"
 
     def run_entries(self, tenant: str, run_id: str) -> str:
         return self.run(tenant, run_id) + ":entries"
@@ -52,6 +50,9 @@ class Keys:
 
     def runs_by_agent(self, tenant: str, agent_name: str) -> str:
         return f"{self.prefix}:runs:{tenant}:agent:{agent_name}"
+
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
 
     def pattern_all(self) -> str:
         """Glob matching every key of this prefix (used by tests and `stack` tooling)."""

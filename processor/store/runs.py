@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from processor.domain.rollup import (
@@ -60,12 +61,15 @@ class RunStore:
         for _ in range(_MAX_ROUNDS):
             if not pending:
                 return result
+            bodies: list[str | bytes] = []
+            payload_groups = [self._group_payload(d, bodies) for _, d in pending]
             raw = await self._apply_script(
                 keys=[],
                 args=[
-                    json.dumps({"groups": [self._group_payload(d) for _, d in pending]}),
+                    msgpack.packb({"stats": self._keys.stats(), "groups": payload_groups}),
                     self._dedup_ttl_s,
                     self._entry_ttl_s,
+                    *bodies,
                 ],
             )
             conflicts = _decode_conflicts(raw)
@@ -82,32 +86,40 @@ class RunStore:
             pending = retry
         raise RuntimeError("could not apply batch: entry ids kept conflicting")
 
-    def _group_payload(self, d: RunDelta) -> dict[str, Any]:
+    def _group_payload(self, d: RunDelta, bodies: list[str | bytes]) -> dict[str, Any]:
+        """One group of the Lua payload; entry bodies are appended to ``bodies`` (ARGV)."""
         k = self._keys
         t = d.tenant_id
+        entries: list[str | int] = []
+        for entry_id, _, body in d.entries:
+            bodies.append(body)
+            # ARGV index in Lua: 3 fixed arguments, 1-based
+            entries += (entry_id, len(bodies) + 3)
         return {
             "seen": k.seen_prefix(t),
             "ids": d.entry_ids,
             "run": k.run(t, d.run_id),
             "run_id": d.run_id,
-            "run_children": k.run_children(t, d.run_id),
-            "run_order": k.run_order(t, d.run_id),
-            "run_entries": k.run_entries(t, d.run_id),
             "idx_all": k.runs_index(t),
             "idx_user": k.runs_by_user(t, d.user_id),
-            "idx_agent": k.runs_by_agent(t, d.agent_name) if d.agent_name else None,
+            "idx_agent": k.runs_by_agent(t, d.agent_name) if d.agent_name else "",
             "user": d.user_id,
             "tenant": t,
-            "agent": d.agent_name,
+            "agent": d.agent_name or "",
             "incr": [x for f, v in d.incr.items() for x in (f, str(v))],
             "fincr": [x for f, v in d.fincr.items() for x in (f, repr(v))],
             "min_ts": d.min_ts,
             "max_ts": d.max_ts,
             "children": sorted(d.children),
-            "entries": [[i, str(ts), js] for i, ts, js in d.entries],
+            "entries": entries,
         }
 
     # --- read side ----------------------------------------------------------------------
+
+    async def applied_count(self) -> int:
+        """Entries applied under this key prefix since it was created (all workers)."""
+        raw = await self._redis.hget(self._keys.stats(), "applied")  # type: ignore[misc]
+        return int(raw or 0)
 
     async def get_rollups(self, tenant: str, run_ids: Iterable[str]) -> dict[str, RunRollup]:
         ids = list(dict.fromkeys(run_ids))
@@ -149,12 +161,15 @@ class RunStore:
         return found
 
     async def get_entries(self, tenant: str, run_id: str) -> list[dict[str, Any]]:
-        """Every retained entry of the run, ordered by (timestamp, id)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(self._keys.run_order(tenant, run_id), 0, -1)
-            pipe.hgetall(self._keys.run_entries(tenant, run_id))
-            order, bodies = await pipe.execute()
-        return [json.loads(bodies[i]) for i in order if i in bodies]
+        """Every retained entry of the run, ordered by (timestamp, id).
+
+        Sorted here rather than kept in a sorted set: one key less per run on the write
+        path, which is the hot one.
+        """
+        bodies = await self._redis.hgetall(self._keys.run_entries(tenant, run_id))  # type: ignore[misc]
+        entries = [json.loads(b) for b in bodies.values()]
+        entries.sort(key=lambda e: (e["timestamp"], e["id"]))
+        return entries
 
     async def list_runs(
         self,

@@ -37,12 +37,16 @@ async def run_one(store: str, bootstrap: str, redis_url: str, n: int, workdir: P
     try:
         await worker.wait_line(b"Worker ready")
         started = time.monotonic()
-        await wait_for(lambda: group_caught_up(s, topic), timeout=600, interval=0.05,
-                       message="all events committed")
+        await wait_for(
+            lambda: group_caught_up(s, topic),
+            timeout=600,
+            interval=0.05,
+            message="all events committed",
+        )
         elapsed = time.monotonic() - started
     finally:
         await worker.stop()
-        client = aioredis.from_url(redis_url)
+        client = aioredis.Redis.from_url(redis_url)
         keys = [k async for k in client.scan_iter(match=f"{s.key_prefix}:*", count=1000)]
         if keys:
             await client.delete(*keys)

@@ -68,10 +68,24 @@ class FaustWorker:
         )
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "faust", "-A", "tests.integration.faust_table_app",
-                 "worker", "-l", "info", "--web-port", str(s.api_port)],
-                cwd=self.log_path.parent, env=env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "faust",
+                    "-A",
+                    "tests.integration.faust_table_app",
+                    "worker",
+                    "-l",
+                    "info",
+                    "--web-port",
+                    str(s.api_port),
+                ],
+                cwd=self.log_path.parent,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def recoveries(self) -> list[int]:
@@ -154,8 +168,12 @@ def total(state: dict[int, PartState]) -> int:
 async def read_changelog(s: Settings) -> dict[int, list[tuple[int, bytes, bytes | None]]]:
     """Every changelog record, per partition, up to the end offsets at call time."""
     topic = f"{s.app_id}-{TABLE}-changelog"
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTS)]
@@ -163,6 +181,7 @@ async def read_changelog(s: Settings) -> dict[int, list[tuple[int, bytes, bytes 
         end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         out: dict[int, list[tuple[int, bytes, bytes | None]]] = {p: [] for p in range(PARTS)}
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < end[tp] for tp in tps])
 
@@ -187,6 +206,11 @@ def fold(records: list[tuple[int, bytes, bytes | None]], upto: int | None) -> di
         else:
             state[key] = value
     return state
+
+
+def lag(records: list[tuple[int, Any, Any]], stored: int | None) -> int:
+    """Changelog records after the stored offset (all of them when nothing is stored)."""
+    return last_offset(records) - (-1 if stored is None else stored)
 
 
 def last_offset(records: list[tuple[int, Any, Any]]) -> int:
@@ -231,6 +255,7 @@ async def test_restart_replays_only_what_redis_lacks(
             return st if total(st) >= N // 4 else None
 
         early = await wait_for(partway, timeout=120, interval=0.02, message="a quarter counted")
+        assert early is not None
 
         async def all_counted() -> bool:
             return total(await redis_state(r, s)) == N
@@ -259,8 +284,7 @@ async def test_restart_replays_only_what_redis_lacks(
         # Redis goes back to the part-way copy: recovery must replay exactly what it lacks.
         await restore_state(r, s, early)
         log = await read_changelog(s)
-        lacking = sum(last_offset(log[p]) - (early[p][1] if early[p][1] is not None else -1)
-                      for p in range(PARTS))
+        lacking = sum(lag(log[p], early[p][1]) for p in range(PARTS))
         records = sum(len(v) for v in log.values())
         assert 0 < lacking < records
         worker.start()
@@ -299,14 +323,17 @@ async def test_sigkill_leaves_a_changelog_prefix_and_recovery_replays_the_rest(
             data, off = state[p]
             assert off is None or off <= last_offset(log[p]), "offset ran ahead of changelog"
             assert data == fold(log[p], off), f"partition {p}: Redis is not a changelog prefix"
-        lacking = sum(last_offset(log[p]) - (state[p][1] if state[p][1] is not None else -1)
-                      for p in range(PARTS))
+        lacking = sum(lag(log[p], state[p][1]) for p in range(PARTS))
 
         worker.start()
         assert await worker.wait_recovered(2) == lacking
 
-        await wait_for(lambda: group_caught_up(s, topic), timeout=180, interval=0.2,
-                       message="worker consumed and committed every event")
+        await wait_for(
+            lambda: group_caught_up(s, topic),
+            timeout=180,
+            interval=0.2,
+            message="worker consumed and committed every event",
+        )
         assert await worker.stop() == 0
 
         state = await redis_state(r, s)

@@ -179,3 +179,21 @@ def test_no_id_labels() -> None:
     for fam in text_string_to_metric_families(exercised().render().decode()):
         for s in fam.samples:
             assert not forbidden & set(s.labels)
+
+
+def test_observe_many_equals_observe_one_by_one() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from processor.metrics import observe_many
+
+    values = [0.0, 0.004, 0.005, 0.3, 1.0, 2.5, 7.0, 10.0, 1e9]
+    a = Histogram("a_seconds", "a", registry=CollectorRegistry())
+    b = Histogram("b_seconds", "b", registry=CollectorRegistry())
+    for v in values:
+        a.observe(v)
+    observe_many(b, values)
+    samples_a = [(s.name[1:], s.labels, s.value) for s in next(iter(a.collect())).samples]
+    samples_b = [(s.name[1:], s.labels, s.value) for s in next(iter(b.collect())).samples]
+    assert [x for x in samples_a if "created" not in x[0]] == [
+        x for x in samples_b if "created" not in x[0]
+    ]

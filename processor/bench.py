@@ -1,0 +1,244 @@
+"""`usage-stream bench`: the full pipeline against the raw aiokafka ceiling, same run.
+
+1. Produce N simulated entries (all four kinds, ~200 runs active at a time) to a fresh
+   topic.
+2. Raw ceiling: a plain aiokafka consumer reads them and decodes JSON into a dict.
+3. Pipeline: a real worker process consumes the same entries into Redis rollups; the rate
+   counts entries fully applied (from the worker's own counters).
+4. Latency: a fixed offered load; probe entries open runs of their own, and the time from
+   produce to the run's rollup being readable in Redis is recorded.
+Absolute rates vary run to run on shared machines; the ratio is the figure to quote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.asyncio import Redis
+
+from processor.local_worker import LocalWorker
+from processor.settings import Settings
+from processor.simulate import Fleet, encode
+from processor.stack.connect import with_local_stack
+from processor.store.keys import Keys
+from processor.topics import ensure_topics
+
+
+async def _produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+    )
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        futures = [await producer.send(settings.topic_entries, v, key=k) for k, v in messages]
+        await asyncio.gather(*futures)
+        return time.perf_counter() - t0
+    finally:
+        await producer.stop()
+
+
+async def _raw_ceiling(settings: Settings, n: int) -> float:
+    """Entries/s of a plain consumer that only decodes JSON and counts per run."""
+    consumer = AIOKafkaConsumer(
+        settings.topic_entries,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.app_id}.raw",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        per_run: dict[str, int] = {}
+        seen = 0
+        t0: float | None = None
+        while seen < n:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for msgs in batches.values():
+                if t0 is None:
+                    t0 = time.perf_counter()
+                for m in msgs:
+                    entry = json.loads(m.value)
+                    per_run[entry["runId"]] = per_run.get(entry["runId"], 0) + 1
+                    seen += 1
+        assert t0 is not None
+        return n / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+async def _pipeline_rate(settings: Settings, n: int, timeout: float) -> float:
+    """Entries/s from the first applied batch to the last, from the applied counter.
+
+    Polls Redis, not /metrics: rendering the metrics page every few milliseconds would
+    take the worker's CPU away from the work being measured.
+    """
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        return await _poll_applied(redis, Keys(settings.key_prefix).stats(), n, timeout)
+    finally:
+        await redis.aclose()
+
+
+async def _poll_applied(redis: Redis, stats_key: str, n: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    first: tuple[float, int] | None = None
+    while time.monotonic() < deadline:
+        counted = int(await redis.hget(stats_key, "applied") or 0)  # type: ignore[misc]
+        now = time.perf_counter()
+        if counted > 0 and first is None:
+            first = (now, counted)
+        if counted >= n and first is not None:
+            if now == first[0]:
+                raise RuntimeError("the whole run fitted in one poll; raise --entries")
+            return (counted - first[1]) / (now - first[0])
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"pipeline did not count {n} entries within {timeout}s")
+
+
+async def _latency(
+    settings: Settings, rate: int, seconds: float, probe_every: int = 10
+) -> list[float]:
+    """Produce-to-visible latencies (s) of probe entries at a fixed offered load."""
+    keys = Keys(settings.key_prefix)
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+    )
+    await producer.start()
+    fleet = Fleet(seed=11, run_prefix=f"lat-{uuid.uuid4().hex[:6]}", start_ms=_now_ms() - 60_000)
+    pending: dict[str, float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def poll() -> None:
+        while not (done.is_set() and not pending):
+            if pending:
+                probes = list(pending)
+                async with redis.pipeline(transaction=False) as pipe:
+                    for run_id in probes:
+                        pipe.exists(keys.run("default", run_id))
+                    found = await pipe.execute()
+                now = time.perf_counter()
+                for run_id, exists in zip(probes, found, strict=True):
+                    if exists:
+                        latencies.append(now - pending.pop(run_id))
+            await asyncio.sleep(0.005)
+
+    poller = asyncio.create_task(poll())
+    try:
+        total = int(rate * seconds)
+        entries = fleet.entries(total)
+        t0 = time.perf_counter()
+        for i, entry in enumerate(entries):
+            target = t0 + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the offered load, not synchronisation
+            entry["timestamp"] = _now_ms()
+            if i % probe_every == 0:
+                entry = dict(entry, runId=f"probe-{uuid.uuid4().hex}", id=uuid.uuid4().hex)
+                entry.pop("parentRunId", None)
+                if entry["kind"] == "subagent":
+                    entry.update(kind="custom", type="probe", name="probe", value=1)
+                    for f in ("subAgentType", "subAgentRunId", "durationMs", "success"):
+                        entry.pop(f, None)
+            key, value = encode(entry)
+            sent_at = time.perf_counter()
+            await producer.send(settings.topic_entries, value, key=key)
+            if i % probe_every == 0:
+                pending[entry["runId"]] = sent_at
+        await producer.flush()
+        done.set()
+        await asyncio.wait_for(poller, timeout=60)
+    finally:
+        poller.cancel()
+        await producer.stop()
+        await redis.aclose()
+    return latencies
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _cleanup(settings: Settings) -> None:
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        async for key in redis.scan_iter(match=Keys(settings.key_prefix).pattern_all(), count=1000):
+            await redis.unlink(key)
+    finally:
+        await redis.aclose()
+
+
+def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: float) -> int:
+    settings = with_local_stack(settings)
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    settings = settings.model_copy(
+        update={
+            "app_id": tag,
+            "key_prefix": tag,
+            "topic_entries": f"{tag}.usage.entries",
+            "topic_dlq": f"{tag}.usage.entries.dlq",
+            "topic_notifications": f"{tag}.usage.notifications",
+            "topic_invoices": f"{tag}.usage.invoices",
+        }
+    )
+    asyncio.run(ensure_topics(settings))
+    fleet = Fleet(seed=3, run_prefix=tag, start_ms=_now_ms() - 3_600_000)
+    messages = [encode(e) for e in fleet.entries(entries)]
+    kinds: dict[str, int] = {}
+    for _, v in messages:
+        kind = json.loads(v)["kind"]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    produce_s = asyncio.run(_produce(settings, messages))
+    print(f"produced {entries} entries ({kinds}) in {produce_s:.2f}s")
+
+    raw = asyncio.run(_raw_ceiling(settings, entries))
+    print(f"raw aiokafka ceiling (consume + JSON decode): {raw:,.0f} entries/s")
+
+    log_path = Path(settings.stack_dir) / "bench-worker.log"
+    worker = LocalWorker(settings, log_path)
+    result: dict[str, Any] = {"entries": entries, "rawPerSec": round(raw)}
+    try:
+        worker.start()
+        pipeline = asyncio.run(_pipeline_rate(settings, entries, timeout=600))
+        worker.wait_ready()
+        print(f"pipeline (validated, priced, de-duplicated, in Redis): {pipeline:,.0f} entries/s")
+        print(f"ratio pipeline / raw ceiling: {pipeline / raw:.3f}")
+        latencies = asyncio.run(_latency(settings, rate, latency_seconds))
+        p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+        print(
+            f"produce-to-visible latency at {rate}/s for {latency_seconds:.0f}s "
+            f"({len(latencies)} probes): p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+        )
+        result.update(
+            pipelinePerSec=round(pipeline),
+            ratio=round(pipeline / raw, 3),
+            offeredRate=rate,
+            latencyP50Ms=round(p50 * 1000, 1),
+            latencyP99Ms=round(p99 * 1000, 1),
+        )
+        print("result " + json.dumps(result))
+    finally:
+        worker.stop()
+        asyncio.run(_cleanup(settings))
+    return 0

@@ -1,0 +1,463 @@
+"""An independent model of what the run API must answer, plus the checks that compare them.
+
+The model (``GroundTruth``) is written from CONTRACT §2, §3.1 and §7 only: it does not import
+``processor.domain.rollup`` or ``processor.store``, and it prices entries itself with
+``Decimal`` arithmetic from the catalog's public prices (``ModelPrice`` values in USD per
+million tokens), never through ``PriceCatalog.price_tokens``. Money is compared as exact
+decimal strings; durations and custom values as exact decimals.
+
+The async helpers at the bottom drive a real worker: wait until its consumer group has
+committed everything, read its metrics, and compare every run's rollup and entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Context, Decimal
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from processor.domain.pricing import PriceCatalog
+from processor.settings import Settings
+from processor.simulate import Fleet, encode
+from tests.integration.harness import wait_for
+
+Entry = dict[str, Any]
+Message = tuple[bytes | None, bytes]
+
+#: Plenty of digits: token counts up to 2**53 times prices with 6 decimals, summed.
+_CTX = Context(prec=80)
+_MILLION = Decimal(1_000_000)
+_PICO = Decimal("1e-12")
+TOKEN_FIELDS = ("prompt", "completion", "reasoning", "cached", "cacheWrite", "total")
+
+
+def usd(value: Decimal) -> str:
+    """The contract's money string: plain notation, no trailing zeros, ``"0"`` for zero."""
+    if value == 0:
+        return "0"
+    return format(value.normalize(_CTX), "f")
+
+
+def entry_cost(entry: Mapping[str, Any], catalog: PriceCatalog) -> Decimal:
+    """CONTRACT §7: producer ``costUsd`` wins; unknown model costs 0; else catalog prices."""
+    if entry.get("costUsd") is not None:
+        return Decimal(entry["costUsd"])
+    price = catalog.price_at(entry["model"], entry["timestamp"])
+    if price is None:
+        return Decimal(0)
+    t = entry["tokens"]
+    prompt, completion = t.get("prompt"), t.get("completion")
+    if prompt is None and completion is None:  # only ``total``: priced at ``input``
+        cost = _CTX.multiply(Decimal(t["total"]), price.input)
+    else:
+        prompt, completion = prompt or 0, completion or 0
+        cached, cache_write = t.get("cached") or 0, t.get("cacheWrite") or 0
+        reasoning = t.get("reasoning") or 0
+        parts = (
+            (prompt - cached - cache_write, price.input),
+            (cached, price.cached_input),
+            (cache_write, price.cache_write),
+            (completion - reasoning, price.output),
+            (reasoning, price.reasoning),
+        )
+        cost = Decimal(0)
+        for count, rate in parts:
+            cost = _CTX.add(cost, _CTX.multiply(Decimal(count), rate))
+    cost = _CTX.divide(cost, _MILLION)
+    assert cost == cost.quantize(_PICO, context=_CTX), f"{cost} is not whole pico-dollars"
+    return cost
+
+
+def entry_tokens(entry: Mapping[str, Any]) -> dict[str, int]:
+    t = entry["tokens"]
+    counts = {name: int(t.get(name) or 0) for name in TOKEN_FIELDS[:-1]}
+    total = t.get("total")
+    counts["total"] = int(total) if total is not None else counts["prompt"] + counts["completion"]
+    return counts
+
+
+def _add_counts(into: dict[str, int], other: Mapping[str, int]) -> None:
+    for name in TOKEN_FIELDS:
+        into[name] = into.get(name, 0) + other.get(name, 0)
+
+
+def _zero_counts() -> dict[str, int]:
+    return dict.fromkeys(TOKEN_FIELDS, 0)
+
+
+@dataclass
+class CallTotals:
+    calls: int = 0
+    successful: int = 0
+    failed: int = 0
+    duration_ms: Decimal = Decimal(0)
+
+    def add(self, success: bool, duration_ms: float | int) -> None:
+        self.calls += 1
+        if success:
+            self.successful += 1
+        else:
+            self.failed += 1
+        self.duration_ms += Decimal(repr(duration_ms))
+
+    def merged(self, other: CallTotals) -> CallTotals:
+        return CallTotals(
+            self.calls + other.calls,
+            self.successful + other.successful,
+            self.failed + other.failed,
+            self.duration_ms + other.duration_ms,
+        )
+
+    def wire(self, calls_name: str = "calls") -> dict[str, Any]:
+        return {
+            calls_name: self.calls,
+            "successfulCalls": self.successful,
+            "failedCalls": self.failed,
+            "totalDurationMs": self.duration_ms,
+        }
+
+
+@dataclass
+class RunTruth:
+    run_id: str
+    user_id: str
+    tenant_id: str
+    agent_name: str | None
+    tokens_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    cost_by_model: dict[str, Decimal] = field(default_factory=dict)
+    tools: dict[str, CallTotals] = field(default_factory=dict)
+    subagents: dict[str, CallTotals] = field(default_factory=dict)
+    custom: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+    children: set[str] = field(default_factory=set)
+    started_at: int = 0
+    last_updated_at: int = 0
+    entry_count: int = 0
+    entries: list[Entry] = field(default_factory=list)  # as the API serves them
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        total = _zero_counts()
+        for counts in self.tokens_by_model.values():
+            _add_counts(total, counts)
+        return total
+
+    @property
+    def cost(self) -> Decimal:
+        return sum(self.cost_by_model.values(), Decimal(0))
+
+
+def _calls_wire(by_name: Mapping[str, CallTotals], group: str) -> dict[str, Any]:
+    total = CallTotals()
+    for stats in by_name.values():
+        total = total.merged(stats)
+    out = total.wire("totalCalls")
+    out[group] = {name: stats.wire() for name, stats in sorted(by_name.items())}
+    return out
+
+
+def _merge_custom(
+    into: dict[str, dict[str, Decimal]], other: Mapping[str, Mapping[str, Decimal]]
+) -> None:
+    for ctype, names in other.items():
+        bucket = into.setdefault(ctype, {})
+        for name, value in names.items():
+            bucket[name] = bucket.get(name, Decimal(0)) + value
+
+
+class GroundTruth:
+    """Expected run rollups of a stream of entry dicts, in the order they were produced.
+
+    Only the default tenant is modelled (the API without keys serves tenant ``default``).
+    A repeated ``id`` is a duplicate and changes nothing (the test re-sends identical
+    bodies, so which copy wins does not matter).
+    """
+
+    def __init__(self, catalog: PriceCatalog) -> None:
+        self._catalog = catalog
+        self.runs: dict[str, RunTruth] = {}
+        self.ids: set[str] = set()
+        self.duplicates = 0
+        self.accepted_by_kind: Counter[str] = Counter()
+        self.unpriced_tokens: Counter[str] = Counter()
+
+    def add_all(self, entries: Iterable[Entry]) -> None:
+        for e in entries:
+            self.add(e)
+
+    def add(self, entry: Entry) -> bool:
+        """Fold one produced entry in; False when it is a duplicate."""
+        if entry["id"] in self.ids:
+            self.duplicates += 1
+            return False
+        assert entry.get("tenantId", "default") == "default", "only tenant default is modelled"
+        self.ids.add(entry["id"])
+        self.accepted_by_kind[entry["kind"]] += 1
+        run = self.runs.get(entry["runId"])
+        ts = entry["timestamp"]
+        if run is None:
+            run = self.runs[entry["runId"]] = RunTruth(
+                entry["runId"], entry["userId"], "default", entry.get("agentName"), started_at=ts
+            )
+        if run.agent_name is None:
+            run.agent_name = entry.get("agentName")
+        run.entry_count += 1
+        run.started_at = min(run.started_at, ts)
+        run.last_updated_at = max(run.last_updated_at, ts)
+        served = copy.deepcopy(entry)
+        kind = entry["kind"]
+        if kind == "tokens":
+            model = entry["model"]
+            cost = entry_cost(entry, self._catalog)
+            counts = entry_tokens(entry)
+            _add_counts(run.tokens_by_model.setdefault(model, _zero_counts()), counts)
+            run.cost_by_model[model] = run.cost_by_model.get(model, Decimal(0)) + cost
+            if "costUsd" not in entry:
+                served["costUsd"] = usd(cost)
+            if self._catalog.lookup(model) is None and "costUsd" not in entry:
+                self.unpriced_tokens[model] += counts["total"]
+        elif kind == "tool":
+            run.tools.setdefault(entry["toolName"], CallTotals()).add(
+                entry["success"], entry["durationMs"]
+            )
+        elif kind == "subagent":
+            run.subagents.setdefault(entry["subAgentType"], CallTotals()).add(
+                entry["success"], entry["durationMs"]
+            )
+            run.children.add(entry["subAgentRunId"])
+        elif kind == "custom":
+            bucket = run.custom.setdefault(entry["type"], {})
+            bucket[entry["name"]] = bucket.get(entry["name"], Decimal(0)) + Decimal(
+                repr(entry["value"])
+            )
+        else:  # pragma: no cover - the test only produces valid kinds
+            raise AssertionError(f"unexpected kind {kind!r}")
+        run.entries.append(served)
+        return True
+
+    @property
+    def accepted(self) -> int:
+        return len(self.ids)
+
+    def tree(self, run_id: str) -> list[str]:
+        """The run and every run reachable through sub-agent links, once each, cycles cut.
+
+        A referenced run without accepted entries is unknown to the processor and adds
+        nothing.
+        """
+        order = [run_id]
+        seen = {run_id}
+        stack = [run_id]
+        while stack:
+            for child in sorted(self.runs[stack.pop()].children):
+                if child not in seen and child in self.runs:
+                    seen.add(child)
+                    order.append(child)
+                    stack.append(child)
+        return order
+
+    def rollup(self, run_id: str, include_sub_agents: bool = True) -> dict[str, Any]:
+        """The §3.1 rollup object (numbers as int or Decimal, money as strings)."""
+        run = self.runs[run_id]
+        members = self.tree(run_id) if include_sub_agents else [run_id]
+        tree_tokens = _zero_counts()
+        tree_cost = Decimal(0)
+        tree_custom: dict[str, dict[str, Decimal]] = {}
+        for member_id in members:
+            member = self.runs[member_id]
+            _add_counts(tree_tokens, member.tokens)
+            tree_cost += member.cost
+            _merge_custom(tree_custom, member.custom)
+        return {
+            "runId": run.run_id,
+            "userId": run.user_id,
+            "tenantId": run.tenant_id,
+            "agentName": run.agent_name,
+            "tokens": run.tokens,
+            "tokensByModel": {m: dict(c) for m, c in sorted(run.tokens_by_model.items())},
+            "costUsd": usd(run.cost),
+            "costByModel": {m: usd(c) for m, c in sorted(run.cost_by_model.items())},
+            "tokensIncludingSubAgents": tree_tokens,
+            "costIncludingSubAgentsUsd": usd(tree_cost),
+            "customIncludingSubAgents": tree_custom,
+            "toolStats": _calls_wire(run.tools, "byTool"),
+            "subAgentStats": _calls_wire(run.subagents, "byType"),
+            "custom": run.custom,
+            "subAgentRunIds": sorted(run.children),
+            "startedAt": run.started_at,
+            "lastUpdatedAt": run.last_updated_at,
+            "entryCount": run.entry_count,
+        }
+
+    def entries(self, run_id: str) -> list[Entry]:
+        """The run's entries as served: ordered by (timestamp, id)."""
+        return sorted(self.runs[run_id].entries, key=lambda e: (e["timestamp"], e["id"]))
+
+
+# --- streams -----------------------------------------------------------------------------
+
+
+def fleet_entries(n: int, *, seed: int, prefix: str, active_runs: int = 150) -> list[Entry]:
+    return list(Fleet(seed=seed, users=12, active_runs=active_runs, run_prefix=prefix).entries(n))
+
+
+def with_duplicates(
+    entries: Sequence[Entry], *, fraction: float, seed: int
+) -> tuple[list[Entry], list[Entry]]:
+    """``(stream, late)``: ``entries`` with about half of ``fraction`` re-sent right after the
+    original (same fetch batch), and the other half returned separately to re-send much later.
+    """
+    rnd = random.Random(seed)
+    picked = rnd.sample(range(len(entries)), round(len(entries) * fraction))
+    soon = set(picked[: len(picked) // 2])
+    late = [copy.deepcopy(entries[i]) for i in sorted(picked[len(picked) // 2 :])]
+    stream: list[Entry] = []
+    for i, e in enumerate(entries):
+        stream.append(e)
+        if i in soon:
+            stream.append(copy.deepcopy(e))
+    return stream, late
+
+
+def messages(entries: Iterable[Entry]) -> list[Message]:
+    return [encode(e) for e in entries]
+
+
+# --- waiting on a worker ------------------------------------------------------------------
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def wait_caught_up(settings: Settings, group: str, timeout: float = 120.0) -> None:
+    """Until ``group`` has committed the end offset of every partition of the entries topic.
+
+    The worker commits a batch's offsets only after its effects are in Redis, so this means
+    everything produced so far has been applied (or dead-lettered).
+    """
+    ends = await end_offsets(settings, settings.topic_entries)
+
+    async def caught_up() -> dict[int, int] | None:
+        committed = await committed_offsets(settings, group, settings.topic_entries)
+        behind = {p: end - committed.get(p, 0) for p, end in ends.items()}
+        return None if any(behind.values()) else committed
+
+    await wait_for(caught_up, timeout=timeout, interval=0.25, message=f"group {group} caught up")
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Sample name -> [(labels, value)] of a Prometheus text exposition."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def metric_sum(
+    metrics: Mapping[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    return sum(
+        value
+        for sample_labels, value in metrics.get(name, [])
+        if all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
+async def fetch_metrics(http: httpx.AsyncClient) -> dict[str, list[tuple[dict[str, str], float]]]:
+    response = await http.get("/metrics")
+    response.raise_for_status()
+    return parse_metrics(response.text)
+
+
+# --- comparing -----------------------------------------------------------------------------
+
+
+def _decimal_json(text: str) -> Any:
+    """JSON with non-integer numbers as exact Decimals (integers stay int)."""
+    return json.loads(text, parse_float=Decimal)
+
+
+async def check_run(
+    http: httpx.AsyncClient, truth: GroundTruth, run_id: str, *, entries: bool = True
+) -> None:
+    """Compare one run's rollup (with and without sub-agents) and its entries page."""
+    for include in (True, False):
+        response = await http.get(
+            f"/v1/runs/{quote(run_id, safe='')}/rollup",
+            params={"includeSubAgents": "true" if include else "false"},
+        )
+        assert response.status_code == 200, (run_id, response.text)
+        got = _decimal_json(response.text)
+        want = truth.rollup(run_id, include)
+        if got != want:
+            diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+            extra = sorted(set(got) - set(want))
+            raise AssertionError(
+                f"rollup of {run_id} (includeSubAgents={include}) differs "
+                f"(field: (got, want)): {diff}; unexpected fields: {extra}"
+            )
+    if not entries:
+        return
+    expected = truth.entries(run_id)
+    assert len(expected) <= 1000, "page through runs with more than 1000 entries"
+    response = await http.get(f"/v1/runs/{quote(run_id, safe='')}/entries", params={"limit": 1000})
+    assert response.status_code == 200, (run_id, response.text)
+    page = response.json()
+    assert page["total"] == len(expected), run_id
+    got_entries = page["entries"]
+    if got_entries != expected:
+        got_ids = [e.get("id") for e in got_entries]
+        want_ids = [e["id"] for e in expected]
+        assert got_ids == want_ids, f"entries of {run_id}: order/ids differ"
+        for g, w in zip(got_entries, expected, strict=True):
+            assert g == w, f"entry {w['id']} of {run_id}: got {g}, want {w}"
+
+
+async def check_all_runs(
+    http: httpx.AsyncClient, truth: GroundTruth, *, entries: bool = True, concurrency: int = 8
+) -> None:
+    """``check_run`` for every run the model knows, a few at a time; then a 404 probe."""
+    ids = sorted(truth.runs)
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(run_id: str) -> None:
+        async with semaphore:
+            await check_run(http, truth, run_id, entries=entries)
+
+    await asyncio.gather(*(one(r) for r in ids))
+    missing = await http.get("/v1/runs/no-such-run-ever/rollup")
+    assert missing.status_code == 404, missing.text
