@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from processor.api.context import ApiContext, Readiness
-from processor.domain.pricing import load_catalog
 from processor.consumer import IngestConsumer
+from processor.domain.pricing import load_catalog
 from processor.ingest import IngestPipeline
-from processor.publisher import Publisher
 from processor.metrics import UsageMetrics
+from processor.publisher import Publisher
 from processor.settings import Settings
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
@@ -139,7 +139,11 @@ def create_app(settings: Settings) -> UsageApp:
         kafka_ok = await kafka_probe.ok()
         partitions_ok = ingest.joined.is_set()
         detail = "" if partitions_ok else "waiting for partition assignment"
-        return Readiness(kafka=kafka_ok, redis=redis_ok, partitions_assigned=partitions_ok, detail=detail)
+        return Readiness(
+            kafka=kafka_ok, redis=redis_ok, partitions_assigned=partitions_ok, detail=detail
+        )
 
-    app.api_context = ApiContext(settings=settings, runs=runs, registry=registry, readiness=readiness)
+    app.api_context = ApiContext(
+        settings=settings, runs=runs, registry=registry, readiness=readiness
+    )
     return app

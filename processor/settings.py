@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     api_port: int = Field(6066, ge=1, le=65535, description="Port of the HTTP API and /metrics")
     api_keys: SecretStr | None = Field(
         None,
-        description="Comma-separated key:tenant pairs; when set, every /v1 request needs a bearer key",
+        description="Comma-separated key:tenant pairs; set: every /v1 request needs a bearer key",
     )
 
     # --- processing ------------------------------------------------------------------

@@ -28,14 +28,10 @@ from faust.types import TP, AppT, CollectionT, EventT
 from faust.types.enums import ProcessingGuarantee
 from yarl import URL
 
-from processor.store.faust_redis_config import (
-    RedisStoreConfig,
-    table_data_key,
-    table_keys_pattern,
-    table_offset_key,
-)
+from processor.store.faust_redis_config import RedisStoreConfig
 from processor.store.faust_redis_flush import write_snapshots
 from processor.store.faust_redis_state import PartitionState, Snapshot
+from processor.store.keys import table_data_key, table_keys_pattern, table_offset_key
 
 __all__ = [
     "RedisStore",
@@ -44,6 +40,7 @@ __all__ = [
     "table_keys_pattern",
     "table_offset_key",
 ]
+
 
 class RedisStore(SerializedStore):  # type: ignore[type-arg]
     """Table storage: in-memory working set per partition, write-behind to Redis."""
@@ -245,7 +242,8 @@ class RedisStore(SerializedStore):  # type: ignore[type-arg]
             self.log.warning(
                 "partition %d not flushed: Redis holds a later offset than %s "
                 "(another worker owns it now)",
-                partition, self._parts[partition].offset if partition in self._parts else None,
+                partition,
+                self._parts[partition].offset if partition in self._parts else None,
             )
 
     async def _flusher(self) -> None:
@@ -273,7 +271,9 @@ class RedisStore(SerializedStore):  # type: ignore[type-arg]
             self._parts[partition] = state
             self.log.info(
                 "loaded partition %d: %d keys, persisted offset %s",
-                partition, len(state.data), state.offset,
+                partition,
+                len(state.data),
+                state.offset,
             )
 
     async def release_partitions(self, partitions: Iterable[int]) -> None:
@@ -287,7 +287,8 @@ class RedisStore(SerializedStore):  # type: ignore[type-arg]
             if state.pending:
                 self.log.warning(
                     "partition %d released with %d unacknowledged writes",
-                    partition, len(state.pending),
+                    partition,
+                    len(state.pending),
                 )
 
     async def assign_partitions(
@@ -318,9 +319,7 @@ class RedisStore(SerializedStore):  # type: ignore[type-arg]
         self.recovery_applied.clear()
         await self.assign_partitions(self.table, assigned, generation_id)
 
-    async def on_recovery_completed(
-        self, active_tps: set[TP], standby_tps: set[TP]
-    ) -> None:
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         self.log.info(
             "recovery applied %d changelog records (%s); persisted offsets %s",
             sum(self.recovery_applied.values()),
@@ -348,9 +347,7 @@ class RedisStore(SerializedStore):  # type: ignore[type-arg]
 
     def _sync_client(self) -> redis.Redis:
         if self._sync_redis is None:
-            self._sync_redis = redis.Redis.from_url(
-                self.config.redis_url, decode_responses=False
-            )
+            self._sync_redis = redis.Redis.from_url(self.config.redis_url, decode_responses=False)
         return self._sync_redis
 
     def reset_state(self) -> None:

@@ -13,36 +13,12 @@ __all__ = [
     "DEFAULT_MAX_DIRTY",
     "DEFAULT_PREFIX",
     "RedisStoreConfig",
-    "table_data_key",
-    "table_keys_pattern",
-    "table_offset_key",
 ]
 
 DEFAULT_PREFIX = "us"
 DEFAULT_FLUSH_INTERVAL_MS = 100
 DEFAULT_MAX_DIRTY = 10_000
 _OPTION_NAMES = ("prefix", "flush_interval_ms", "max_dirty")
-
-
-# -- Redis key naming (to move to processor/store/keys.py) -------------------------------
-def table_data_key(prefix: str, app_id: str, table: str, partition: int) -> str:
-    """Hash of one table partition: field = serialized key, value = serialized value.
-
-    The ``{...}`` hash tag keeps a partition's data and offset in one cluster slot.
-    """
-    return f"{prefix}:ftab:{{{app_id}:{table}:{partition}}}"
-
-
-def table_offset_key(prefix: str, app_id: str, table: str, partition: int) -> str:
-    """String: the last changelog offset whose effect the partition's hash holds."""
-    return table_data_key(prefix, app_id, table, partition) + ":offset"
-
-
-def table_keys_pattern(prefix: str, app_id: str, table: str) -> str:
-    """SCAN glob matching every key of one table (all partitions)."""
-    raw = f"{prefix}:ftab:{{{app_id}:{table}:"
-    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in raw)
-    return escaped + "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +29,7 @@ class RedisStoreConfig:
     max_dirty: int = DEFAULT_MAX_DIRTY
 
     @classmethod
-    def from_url(
-        cls, url: URL | str, options: Mapping[str, Any] | None = None
-    ) -> RedisStoreConfig:
+    def from_url(cls, url: URL | str, options: Mapping[str, Any] | None = None) -> RedisStoreConfig:
         """Parse ``redis://[:pw@]host:port/db?prefix=..&flush_interval_ms=..&max_dirty=..``.
 
         Table ``options={...}`` with the same names override the query string.

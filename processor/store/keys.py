@@ -14,6 +14,11 @@ Layout (``p`` = prefix, ``t`` = tenant id):
 - ``p:runs:t:user:<userId>``        sorted set: the user's run ids scored by startedAt
 - ``p:runs:t:agent:<agentName>``    sorted set: the agent's run ids scored by startedAt
 - ``p:stats``                       hash: ``applied`` = entries applied (all tenants)
+
+Faust tables on the ``redis://`` store (processor/store/faust_redis.py):
+
+- ``p:ftab:{<app>:<table>:<partition>}``         hash: serialized key -> serialized value
+- ``p:ftab:{<app>:<table>:<partition>}:offset``  string: last changelog offset applied
 """
 
 from __future__ import annotations
@@ -57,3 +62,26 @@ class Keys:
     def pattern_all(self) -> str:
         """Glob matching every key of this prefix (used by tests and `stack` tooling)."""
         return f"{self.prefix}:*"
+
+
+# --- Faust tables on the redis:// store -------------------------------------------------
+
+
+def table_data_key(prefix: str, app_id: str, table: str, partition: int) -> str:
+    """Hash of one table partition: field = serialized key, value = serialized value.
+
+    The ``{...}`` hash tag keeps a partition's data and offset in one cluster slot.
+    """
+    return f"{prefix}:ftab:{{{app_id}:{table}:{partition}}}"
+
+
+def table_offset_key(prefix: str, app_id: str, table: str, partition: int) -> str:
+    """String: the last changelog offset whose effect the partition's hash holds."""
+    return table_data_key(prefix, app_id, table, partition) + ":offset"
+
+
+def table_keys_pattern(prefix: str, app_id: str, table: str) -> str:
+    """SCAN glob matching every key of one table (all partitions)."""
+    raw = f"{prefix}:ftab:{{{app_id}:{table}:"
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in raw)
+    return escaped + "*"

@@ -34,7 +34,11 @@ app = faust.App(
     web_enabled=os.environ.get("FTA_WEB", "0") == "1",
 )
 events = app.topic(
-    TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+    TOPIC,
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
     partitions=PARTITIONS,
 )
 counts = app.Table("counts", default=int, store=STORE, partitions=PARTITIONS)

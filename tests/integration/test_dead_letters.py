@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from processor.consumer import ingest_group_id
@@ -186,10 +187,18 @@ async def test_invalid_vectors_become_dead_letters_and_valid_entries_flow(
         await check_all_runs(http, truth)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="product bug: the dead letter of 300 KiB of control bytes is ~1.8 MB once "
+    "JSON-escaped, over the publisher's 1 MiB max_request_size; the batch is retried "
+    "forever and its partition stalls (and SIGTERM cannot stop the worker)",
+)
 async def test_huge_message_of_control_bytes_is_dead_lettered(
     settings: Settings, tmp_path: Path, redis_client: aioredis.Redis
 ) -> None:
-    """300 KiB of U+0001: JSON-escaped in the dead letter it grows six-fold (``\\u0001``)."""
+    """A 300 KiB value of U+0001 (valid UTF-8, far under the broker's 1 MiB limit) must be
+    dead-lettered like any other too_large message, and the entry behind it applied."""
     p = settings.app_id
     huge = b"\x01" * (300 * 1024)
     ok: Entry = {
@@ -205,19 +214,18 @@ async def test_huge_message_of_control_bytes_is_dead_lettered(
     truth = GroundTruth(load_catalog(None))
     truth.add(ok)
     await create_topics(settings)
-    async with (
-        WorkerProcess(settings, tmp_path / "worker.log") as worker,
-        httpx.AsyncClient(base_url=worker.url, timeout=10.0) as http,
-    ):
-        await produce(
-            settings,
-            settings.topic_entries,
-            [(f"{p}-after".encode(), huge), (f"{p}-after".encode(), json.dumps(ok).encode())],
-        )
-        await wait_caught_up(settings, ingest_group_id(settings), timeout=30)
+    key = f"{p}-after".encode()
+    await produce(settings, settings.topic_entries, [(key, huge), (key, json.dumps(ok).encode())])
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        await worker.wait_ready(timeout=90)
+        await wait_caught_up(settings, ingest_group_id(settings), timeout=20)
         letters = await consume_all(settings, settings.topic_dlq, 1, timeout=15)
         assert len(letters) == 1
         doc = json.loads(letters[0].value)
         assert doc["error"]["code"] == "too_large"
         assert doc["value"].encode() == huge
-        await check_all_runs(http, truth)
+        async with httpx.AsyncClient(base_url=worker.url, timeout=10.0) as http:
+            await check_all_runs(http, truth)
+    finally:
+        await worker.aterminate(timeout=5)  # SIGKILL after 5 s: a stalled worker ignores TERM

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from processor.settings import Settings
-from processor.store.faust_redis import table_data_key, table_offset_key
+from processor.store.keys import table_data_key, table_offset_key
 from tests.integration.harness import create_topics, produce, wait_for
 
 pytestmark = pytest.mark.integration

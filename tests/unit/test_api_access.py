@@ -185,7 +185,9 @@ async def test_unexpected_exception_is_json_500_and_logged(
     redis: Redis, prefix: str, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     # a run hash no writer would produce: its field cannot be decoded
-    await redis.hset(Keys(prefix).run("default", "broken"), mapping={"n": "1", "tk|model-without-type": "1"})  # type: ignore[misc]
+    await redis.hset(
+        Keys(prefix).run("default", "broken"), mapping={"n": "1", "tk|model-without-type": "1"}
+    )  # type: ignore[misc]
     with caplog.at_level(logging.ERROR, logger="processor.api"):
         error = await expect_error(client, "/v1/runs/broken/rollup", 500, "internal")
     assert error["message"] == "internal error"  # no internals leak to the caller

@@ -44,9 +44,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir: Path = tmp_path_factory.mktemp("redis")
     port = _free_port()
     proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
     deadline = time.monotonic() + 10
@@ -130,7 +142,10 @@ def test_entry_point_resolves_redis_scheme() -> None:
 def test_config_from_url_and_options() -> None:
     c = RedisStoreConfig.from_url("redis://h:1/2?prefix=xyz&flush_interval_ms=50&max_dirty=7")
     assert (c.redis_url, c.prefix, c.flush_interval, c.max_dirty) == (
-        "redis://h:1/2", "xyz", 0.05, 7,
+        "redis://h:1/2",
+        "xyz",
+        0.05,
+        7,
     )
     d = RedisStoreConfig.from_url("redis://", {"prefix": "o"})
     assert (d.redis_url, d.prefix, d.flush_interval) == ("redis://localhost:6379/0", "o", 0.1)
@@ -232,9 +247,7 @@ async def test_apply_changelog_batch_recovers_actives_ignores_standbys(
     assert not r.exists(store.data_key(7))
 
 
-async def test_release_flushes_and_drops_working_set(
-    store: RedisStore, r: Any
-) -> None:
+async def test_release_flushes_and_drops_working_set(store: RedisStore, r: Any) -> None:
     with in_partition(1):
         store[b"k"] = 5
     store.set_persisted_offset(tp(1), 0)

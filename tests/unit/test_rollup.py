@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.domain.rollup import (
+    T_TOKENS,
     AcceptedEntry,
     CallStats,
     RunRollup,
@@ -19,7 +20,6 @@ from processor.domain.rollup import (
     sum_tree,
     us_to_ms,
     walk_tree_levels,
-    T_TOKENS,
 )
 
 names = st.text(min_size=1, max_size=12)
@@ -128,12 +128,45 @@ def test_field_names_are_unambiguous_for_any_model_name() -> None:
 
 
 def test_group_by_run_drops_repeated_ids_within_a_batch() -> None:
-    e = AcceptedEntry("id1", "custom", "default", "r", "u", 1, None, "{}", custom_type="t",
-                      custom_name="n", custom_value=1.0)
-    again = AcceptedEntry("id1", "custom", "default", "r", "u", 1, None, "{}", custom_type="t",
-                          custom_name="n", custom_value=1.0)
-    other_tenant = AcceptedEntry("id1", "custom", "acme", "r", "u", 1, None, "{}",
-                                 custom_type="t", custom_name="n", custom_value=1.0)
+    e = AcceptedEntry(
+        "id1",
+        "custom",
+        "default",
+        "r",
+        "u",
+        1,
+        None,
+        "{}",
+        custom_type="t",
+        custom_name="n",
+        custom_value=1.0,
+    )
+    again = AcceptedEntry(
+        "id1",
+        "custom",
+        "default",
+        "r",
+        "u",
+        1,
+        None,
+        "{}",
+        custom_type="t",
+        custom_name="n",
+        custom_value=1.0,
+    )
+    other_tenant = AcceptedEntry(
+        "id1",
+        "custom",
+        "acme",
+        "r",
+        "u",
+        1,
+        None,
+        "{}",
+        custom_type="t",
+        custom_name="n",
+        custom_value=1.0,
+    )
     groups, repeats = group_by_run([e, again, other_tenant])
     assert repeats == [again]
     assert groups == {("default", "r"): [e], ("acme", "r"): [other_tenant]}
@@ -154,9 +187,21 @@ def test_tree_walk_counts_each_run_once_and_cuts_cycles() -> None:
 
 def test_sum_tree_adds_tokens_cost_and_custom() -> None:
     def rollup(run: str, prompt: int, cost: int, custom: float) -> RunRollup:
-        return RunRollup(run, "default", "u", None, 1, 1, 1,
-                         {"m": TokenCounts(prompt=prompt, total=prompt)}, {"m": cost}, {}, {},
-                         {"api": {"x": custom}}, [])
+        return RunRollup(
+            run,
+            "default",
+            "u",
+            None,
+            1,
+            1,
+            1,
+            {"m": TokenCounts(prompt=prompt, total=prompt)},
+            {"m": cost},
+            {},
+            {},
+            {"api": {"x": custom}},
+            [],
+        )
 
     totals = sum_tree([rollup("a", 10, 7, 1.5), rollup("b", 5, 3, 2.5)])
     assert totals.tokens == TokenCounts(prompt=15, total=15)

@@ -75,18 +75,29 @@ def test_invalid_vector_rejected(path: Path) -> None:
         assert err.field in err.message
 
 
-@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
-def test_invalid_vector_rejected_on_dict_path(path: Path) -> None:
-    """The HTTP ingest path gives the same code and field for every decodable vector."""
+def _dict_path_applies(path: Path) -> bool:
+    """Vectors the HTTP ingest path sees as such: decodable JSON, not a size case.
+
+    Size is checked on the re-encoded entry there, undecodable bytes never reach it, and
+    Python's json reads BOMs and lone surrogates that the Kafka path rejects as ``json``.
+    """
     expected = EXPECTED[path.name]
     if expected["code"] == "too_large":
-        pytest.skip("size is checked on the re-encoded entry on the dict path")
+        return False
     try:
         obj = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError):
-        pytest.skip("not decodable as JSON")
-    if expected["code"] == "json" and isinstance(obj, dict):
-        pytest.skip("the HTTP layer decodes the body (Python's json reads BOMs, surrogates)")
+        return False
+    return not (expected["code"] == "json" and isinstance(obj, dict))
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in INVALID if _dict_path_applies(p)], ids=lambda p: p.name
+)
+def test_invalid_vector_rejected_on_dict_path(path: Path) -> None:
+    """The HTTP ingest path gives the same code and field for every decodable vector."""
+    expected = EXPECTED[path.name]
+    obj = json.loads(path.read_bytes())
     with pytest.raises(EntryRejected) as info:
         validate_entry_dict(obj, now_ms=NOW_MS)
     assert (info.value.code, info.value.field) == (expected["code"], expected["field"])
