@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://localhost:6379/0", description="Redis URL holding all state")
     app_id: str = Field(
-        "usage-stream", min_length=1, description="Faust app id = Kafka consumer group"
+        "usage-stream", min_length=1, description="Faust app id; consumer groups are named after it"
     )
     key_prefix: str = Field(
         "us", min_length=1, description="Prefix of every Redis key this app writes"
@@ -98,9 +98,6 @@ class Settings(BaseSettings):
     prices_file: Path | None = Field(
         None, description="YAML price catalog extending the built-in one"
     )
-    alert_rules_file: Path | None = Field(
-        None, description="YAML alert rules replacing the defaults"
-    )
 
     # --- local stack -----------------------------------------------------------------
     stack_dir: Path = Field(
@@ -114,7 +111,7 @@ class Settings(BaseSettings):
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
 
-    @field_validator("prices_file", "alert_rules_file")
+    @field_validator("prices_file")
     @classmethod
     def _file_exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():
@@ -173,7 +170,11 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, refusing unknown ``USAGE_*`` variables and naming bad ones."""
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     unknown = sorted(
-        k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+        k
+        for k in os.environ
+        if k.upper().startswith(ENV_PREFIX)
+        and not k.upper().startswith(TEST_ENV_PREFIX)
+        and k.upper() not in known
     )
     if unknown:
         raise SettingsError(f"unknown configuration variable(s): {', '.join(unknown)}")
