@@ -144,6 +144,10 @@ def create_app(settings: Settings) -> UsageApp:
         )
 
     app.api_context = ApiContext(
-        settings=settings, runs=runs, registry=registry, readiness=readiness
+        settings=settings,
+        runs=runs,
+        registry=registry,
+        readiness=readiness,
+        publish=publisher.publish,
     )
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -31,7 +32,7 @@ class Publisher(Service):  # type: ignore[misc]
         if self._producer is not None:
             await self._producer.stop()
 
-    async def publish(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    async def publish(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Send and wait until the broker acknowledged every message."""
         if self._producer is None:
             raise RuntimeError("publisher is not started")

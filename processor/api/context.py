@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -25,9 +25,14 @@ class Readiness:
         return self.kafka and self.redis and self.partitions_assigned
 
 
+#: Publish (key, value) messages to a topic and wait until the broker acknowledged all.
+Publish = Callable[[str, Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class ApiContext:
     settings: Settings
     runs: RunStore
     registry: CollectorRegistry
     readiness: Callable[[], Awaitable[Readiness]]
+    publish: Publish | None = None
