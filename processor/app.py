@@ -149,5 +149,6 @@ def create_app(settings: Settings) -> UsageApp:
         registry=registry,
         readiness=readiness,
         publish=publisher.publish,
+        metrics=metrics,
     )
     return app

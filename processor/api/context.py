@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from processor.metrics import UsageMetrics
 from processor.settings import Settings
 from processor.store.runs import RunStore
 
@@ -36,3 +37,5 @@ class ApiContext:
     registry: CollectorRegistry
     readiness: Callable[[], Awaitable[Readiness]]
     publish: Publish | None = None
+    #: The worker's metrics; HTTP ingest counts its rejections there (None: not counted).
+    metrics: UsageMetrics | None = None

@@ -10,6 +10,7 @@ from aiohttp import web
 from processor.api.auth import DEFAULT_TENANT, make_auth_middleware
 from processor.api.context import ApiContext
 from processor.api.errors import error_middleware
+from processor.api.ingest import INGEST, INGEST_SCHEMAS, IngestViews
 from processor.api.openapi import Param, RouteSpec, add_route, openapi_handler
 from processor.api.ops import CTX_KEY, OpsViews, healthz
 from processor.api.params import DEFAULT_LIMIT, MAX_LIMIT
@@ -120,6 +121,7 @@ def setup_routes(app: web.Application, ctx: ApiContext) -> None:
     add_route(app, ROLLUP, runs.rollup)
     add_route(app, ENTRIES, runs.entries)
     add_route(app, LIST_RUNS, runs.list_runs)
+    add_route(app, INGEST, IngestViews(ctx).post_entries, INGEST_SCHEMAS)
     add_route(app, OPENAPI, openapi_handler)
     add_route(app, HEALTHZ, healthz)
     add_route(app, READYZ, ops.readyz)

@@ -1,6 +1,7 @@
 -- Apply one batch of run deltas atomically, each with the dedup marks of its entries.
 --
--- ARGV[1]: msgpack {stats, groups: [...]} (shape: processor/store/runs.py, _group_payload)
+-- ARGV[1]: msgpack {stats, fields, groups: [...]} (shape: processor/store/runs.py);
+-- `fields` lists the batch's counter names once; groups refer to them by 1-based index.
 -- ARGV[2]: dedup TTL seconds, ARGV[3]: entry retention seconds
 -- ARGV[4..]: the entries' JSON bodies, referenced by index from the groups; passed as
 -- plain arguments so the script never decodes them (decoding them doubled its cost).
@@ -16,6 +17,7 @@ local dedup_ttl = tonumber(ARGV[2])
 local entry_ttl = tonumber(ARGV[3])
 local conflicts = {}
 local applied = 0
+local fields = payload.fields
 
 -- unpack() is bounded by Lua's C stack: call in chunks of at most 1000 items
 local function call_chunked(cmd, key, args)
@@ -28,7 +30,14 @@ local function call_chunked(cmd, key, args)
   end
 end
 
-for gi, g in ipairs(payload.groups) do
+for gi, grp in ipairs(payload.groups) do
+  -- positional fields, in the order runs.py _group_payload writes them
+  local g = {
+    seen = grp[1], ids = grp[2], body_at = grp[3], run = grp[4], run_id = grp[5],
+    idx_all = grp[6], idx_user = grp[7], idx_agent = grp[8], user = grp[9],
+    tenant = grp[10], agent = grp[11], incr = grp[12], fincr = grp[13],
+    min_ts = grp[14], max_ts = grp[15], children = grp[16],
+  }
   -- Claim every id with SET NX; on any clash, release this group's claims untouched.
   local seen = {}
   local claimed = {}
@@ -73,21 +82,22 @@ for gi, g in ipairs(payload.groups) do
     end
     local incr = g.incr
     for i = 1, #incr, 2 do
-      redis.call('HINCRBY', h, incr[i], incr[i + 1])
+      redis.call('HINCRBY', h, fields[incr[i]], incr[i + 1])
     end
     local fincr = g.fincr
     for i = 1, #fincr, 2 do
-      redis.call('HINCRBYFLOAT', h, fincr[i], fincr[i + 1])
+      redis.call('HINCRBYFLOAT', h, fields[fincr[i]], fincr[i + 1])
     end
     if #g.children > 0 then
       call_chunked('SADD', h .. ':children', g.children)
     end
     -- raw entries, kept for the retention period after the run's last write
+    -- the group's bodies are consecutive in ARGV, in the order of its ids
     local bodies = {}
-    local es = g.entries
-    for i = 1, #es, 2 do
-      bodies[#bodies + 1] = es[i]
-      bodies[#bodies + 1] = ARGV[es[i + 1]]
+    local base = g.body_at - 1
+    for i, id in ipairs(g.ids) do
+      bodies[#bodies + 1] = id
+      bodies[#bodies + 1] = ARGV[base + i]
     end
     call_chunked('HSET', h .. ':entries', bodies)
     redis.call('EXPIRE', h .. ':entries', entry_ttl)
