@@ -9,7 +9,9 @@ docs/decisions.md has the measurements behind that split.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -80,7 +82,10 @@ class KafkaProbe:
 
 
 def create_app(settings: Settings) -> UsageApp:
-    datadir = Path(tempfile.gettempdir()) / f"usage-stream-{settings.app_id}"
+    # Faust insists on a data directory; nothing here keeps local table files, so a
+    # throw-away one per process, removed at exit, leaves nothing behind.
+    datadir = Path(tempfile.mkdtemp(prefix=f"usage-stream-{settings.app_id}-"))
+    atexit.register(shutil.rmtree, datadir, ignore_errors=True)
     app = UsageApp(
         settings.app_id,
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],

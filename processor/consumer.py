@@ -31,6 +31,7 @@ from processor.settings import Settings
 log = logging.getLogger(__name__)
 
 _RETRY_MAX_S = 5.0
+_STOP_DRAIN_S = 10.0
 
 
 @dataclass(slots=True)
@@ -75,11 +76,18 @@ class IngestConsumer(Service):  # type: ignore[misc]
         self.add_future(self._run())
 
     async def on_stop(self) -> None:
-        if self._consumer is not None:
-            try:
-                await self._drain()
-            finally:
-                await self._consumer.stop()
+        if self._consumer is None:
+            return
+        try:
+            # Finish the batch in flight if it can be; one stuck retrying (Redis or Kafka
+            # down) is abandoned uncommitted and comes back to whoever owns it next.
+            await asyncio.wait_for(self._drain(), timeout=_STOP_DRAIN_S)
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("stopping with a batch in flight; it will be re-delivered")
+        finally:
+            if self._inflight is not None:
+                self._inflight.task.cancel()
+            await self._consumer.stop()
 
     async def _run(self) -> None:
         try:

@@ -21,7 +21,7 @@ from processor.domain.rollup import AcceptedEntry
 from processor.metrics import UsageMetrics
 from processor.settings import Settings
 from processor.store.runs import RunStore
-from schemas.deadletter import build_dead_letter
+from schemas.deadletter import build_dead_letter, fit_dead_letter
 from schemas.entry import parse_entry
 from schemas.errors import EntryRejected
 
@@ -104,36 +104,58 @@ class IngestPipeline:
             raw = m.value if m.value is not None else b""
             try:
                 entry = parse_entry(raw, now_ms=now, max_bytes=self._max_bytes)
-                batch.valid.append(accept_entry(entry, raw, self._catalog))
+                accepted = accept_entry(entry, raw, self._catalog)
+                accepted.origin = m
+                batch.valid.append(accepted)
             except EntryRejected as err:
                 batch.rejected_reasons[err.code] += 1
-                batch.letters.append(
-                    (
-                        m.key,
-                        build_dead_letter(
-                            raw_value=raw,
-                            key=m.key,
-                            topic=m.topic,
-                            partition=m.partition,
-                            offset=m.offset,
-                            error=err,
-                            received_at_ms=now,
-                        ),
-                    )
-                )
+                batch.letters.append((m.key, self._dead_letter(m, raw, err, now)))
         return batch
+
+    @staticmethod
+    def _dead_letter(m: RawMessage, raw: bytes, err: EntryRejected, now: int) -> bytes:
+        def build(value: bytes) -> bytes:
+            return build_dead_letter(
+                raw_value=value,
+                key=m.key,
+                topic=m.topic,
+                partition=m.partition,
+                offset=m.offset,
+                error=err,
+                received_at_ms=now,
+            )
+
+        return fit_dead_letter(build, raw)
 
     async def apply(self, batch: PreparedBatch) -> BatchOutcome:
         """The I/O part: dead letters acknowledged by Kafka, effects applied in Redis."""
-        outcome = BatchOutcome(rejected=len(batch.letters))
-        if batch.letters:
-            await self._publish_dead_letters(batch.letters)
+        outcome = BatchOutcome()
+        letters = list(batch.letters)
+        reasons = Counter(batch.rejected_reasons)
         if batch.valid:
             applied = await self._runs.apply(batch.valid)
             outcome.accepted = applied.accepted
             outcome.duplicates = applied.duplicates
-        self._record(outcome, batch.rejected_reasons, batch.now_ms)
+            for entry, counter in applied.overflowed:
+                reasons["invariant"] += 1
+                letters.append(self._overflow_letter(entry, counter, batch.now_ms))
+        if letters:
+            await self._publish_dead_letters(letters)
+        outcome.rejected = len(letters)
+        self._record(outcome, reasons, batch.now_ms)
         return outcome
+
+    def _overflow_letter(
+        self, entry: AcceptedEntry, counter: str, now: int
+    ) -> tuple[bytes | None, bytes]:
+        m: RawMessage = entry.origin
+        err = EntryRejected(
+            "invariant",
+            f"run {entry.run_id!r}: this entry would take its counter {counter!r} past the "
+            "64-bit limit (about 9.2 million USD or 9.2e18 tokens per run and model)",
+            None,
+        )
+        return m.key, self._dead_letter(m, m.value or b"", err, now)
 
     def _record(self, outcome: BatchOutcome, rejected: Counter[str], now: int) -> None:
         m = self._metrics

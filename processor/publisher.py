@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from mode import Service
 
 from processor.settings import Settings
+from schemas.deadletter import DLQ_TOPIC_MAX_MESSAGE_BYTES
 
 
 class Publisher(Service):  # type: ignore[misc]
@@ -25,6 +26,8 @@ class Publisher(Service):  # type: ignore[misc]
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            # room for the largest dead letter (schemas.deadletter.MAX_DEAD_LETTER_BYTES)
+            max_request_size=DLQ_TOPIC_MAX_MESSAGE_BYTES,
         )
         await self._producer.start()
 

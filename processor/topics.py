@@ -8,6 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from processor.settings import Settings
+from schemas.deadletter import DLQ_TOPIC_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,14 @@ def owned_topics(settings: Settings) -> list[str]:
         settings.topic_notifications,
         settings.topic_invoices,
     ]
+
+
+def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    """A dead letter carries the original bytes JSON-escaped, which can take several times
+    the broker's default 1 MB message limit; the DLQ topic allows 8 MiB."""
+    if topic == settings.topic_dlq:
+        return {"max.message.bytes": str(DLQ_TOPIC_MAX_MESSAGE_BYTES)}
+    return {}
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -42,6 +51,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
                     name=t,
                     num_partitions=settings.topic_partitions,
                     replication_factor=settings.topic_replication,
+                    topic_configs=topic_configs(settings, t),
                 )
                 for t in missing
             ]

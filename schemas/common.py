@@ -17,9 +17,10 @@ from pydantic.alias_generators import to_camel
 #: ``Number.MAX_SAFE_INTEGER``). Token counts and step counts are capped at it.
 MAX_SAFE_INT: Final = 9_007_199_254_740_991
 
-#: Entry costs (``costUsd``): non-negative, at most 9 integer digits and at most 12 decimals
-#: (money is stored as integer pico-dollars). Compatible with ECMA-262 and Rust regexes.
-ENTRY_COST_PATTERN: Final = r"^(0|[1-9][0-9]{0,8})(\.[0-9]{1,12})?$"
+#: Entry costs (``costUsd``): non-negative, below 1,000,000 USD (at most 6 integer digits)
+#: and at most 12 decimals: money is stored as integer pico-dollars in 64-bit counters, and
+#: one LLM call never costs a million dollars. Compatible with ECMA-262 and Rust regexes.
+ENTRY_COST_PATTERN: Final = r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,12})?$"
 
 #: Costs the service emits: plain decimal notation, optionally negative, no exponent.
 PLAIN_DECIMAL_PATTERN: Final = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"

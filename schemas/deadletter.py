@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Final, Literal
 
 from pydantic import Field
 
@@ -84,4 +85,31 @@ def build_dead_letter(
             doc["keyEncoding"] = "base64"
     if value_b64:
         doc["valueEncoding"] = "base64"
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+#: The largest dead letter published: the processor creates the DLQ topic with
+#: ``max.message.bytes`` = 8 MiB and its producer allows as much; JSON escaping can blow a
+#: 1 MiB input (the broker's default limit) up to 6 MiB, so only pathological inputs to the
+#: HTTP ingest (bodies up to 5 MiB) ever need cutting.
+MAX_DEAD_LETTER_BYTES: Final = 7 * 1024 * 1024 + 512 * 1024
+DLQ_TOPIC_MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
+
+
+def fit_dead_letter(
+    build: Callable[[bytes], bytes], value: bytes, limit: int = MAX_DEAD_LETTER_BYTES
+) -> bytes:
+    """``build(value)``, or, when that exceeds ``limit``, the letter of the longest prefix of
+    ``value`` (whole characters) that fits, marked ``valueTruncated`` with ``valueBytes``."""
+    letter = build(value)
+    if len(letter) <= limit:
+        return letter
+    cut = value
+    while len(letter) > limit:
+        cut = cut[: max(0, len(cut) * limit // len(letter) - 1024)]
+        cut = cut.decode("utf-8", "ignore").encode("utf-8")
+        letter = build(cut)
+    doc = json.loads(letter)
+    doc["valueTruncated"] = True
+    doc["valueBytes"] = len(value)
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

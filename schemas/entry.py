@@ -16,8 +16,8 @@ Decisions where the contract is silent:
 * Optional identifiers (``threadId``, ``agentName``, ``parentRunId``, ...) must be non-empty.
 * A missing token count counts as 0 in every invariant (so ``reasoning`` without
   ``completion`` is only valid when it is 0).
-* Token counts and ``stepCount`` are at most 2**53 - 1; ``costUsd`` has at most 9 integer
-  digits and 12 decimals.
+* Token counts and ``stepCount`` are at most 2**53 - 1; ``costUsd`` is below 1,000,000
+  (at most 6 integer digits) with at most 12 decimals.
 * Duplicate JSON keys: the last occurrence wins (as in most JSON parsers).
 """
 

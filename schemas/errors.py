@@ -134,7 +134,7 @@ def _classify(err: ErrorDetails, raw: bytes | None) -> tuple[RejectionCode, str 
             "schema",
             field,
             (
-                "costUsd: must be a plain decimal string >= 0 with at most 9 integer digits and "
+                "costUsd: must be a plain decimal string >= 0 and below 1000000 with at most "
                 f'12 decimals, e.g. "0.0012" (got {err.get("input")!r})'
             ),
         )

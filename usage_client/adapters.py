@@ -4,16 +4,13 @@ Contract semantics: ``prompt`` is ALL input tokens (cache reads and cache writes
 ``completion`` ALL output tokens (reasoning included), ``reasoning`` part of completion,
 ``cached`` and ``cacheWrite`` parts of prompt. Providers count differently:
 
-===================  ==========================================  =========================================
-provider             input side                                   output side
-===================  ==========================================  =========================================
-OpenAI Chat          ``prompt_tokens`` includes cached            ``completion_tokens`` includes reasoning
-OpenAI Responses     ``input_tokens`` includes cached             ``output_tokens`` includes reasoning
-Anthropic Messages   ``input_tokens`` EXCLUDES cache reads and    ``output_tokens`` includes thinking
-                     cache writes: prompt = input + read + write
-Google Gemini        ``prompt_token_count`` includes cached;      ``candidates_token_count`` EXCLUDES
-                     tool-use prompt tokens are added             thoughts: completion = candidates + thoughts
-===================  ==========================================  =========================================
+* OpenAI Chat: ``prompt_tokens`` includes cached, ``completion_tokens`` includes reasoning.
+* OpenAI Responses: ``input_tokens`` includes cached, ``output_tokens`` includes reasoning.
+* Anthropic Messages: ``input_tokens`` EXCLUDES cache reads and cache writes, so
+  prompt = input + cache read + cache write; ``output_tokens`` includes thinking.
+* Google Gemini: ``prompt_token_count`` includes cached content (tool-use prompt tokens
+  are counted apart and added); ``candidates_token_count`` EXCLUDES thoughts, so
+  completion = candidates + thoughts.
 
 Every adapter reads attributes duck-typed (``getattr``), so it works with the SDK's
 pydantic objects, with other objects of the same shape, and with SDK versions that lack a
@@ -183,7 +180,9 @@ def from_ai_sdk(usage: Mapping[str, Any], *, input_excludes_cache: bool = False)
     if "inputTokens" in usage or "outputTokens" in usage:
         return _ai_sdk_v5(usage, input_excludes_cache)
     if "promptTokens" in usage or "completionTokens" in usage:
-        return TokenUsage(prompt=_n(usage, "promptTokens"), completion=_n(usage, "completionTokens"))
+        return TokenUsage(
+            prompt=_n(usage, "promptTokens"), completion=_n(usage, "completionTokens")
+        )
     raise ValueError(
         "not an AI SDK LanguageModelUsage: expected inputTokens/outputTokens (v5, v6) or "
         f"promptTokens/completionTokens (v4), got keys {sorted(usage)}"
@@ -247,17 +246,18 @@ def to_token_usage(usage: Any) -> TokenUsage:
                 "from_openai_responses, from_anthropic or from_gemini explicitly"
             )
         return from_ai_sdk(usage)
-    module = type(usage).__module__
-    has = lambda name: hasattr(usage, name)  # noqa: E731
-    if module.startswith("anthropic") or has("cache_read_input_tokens"):
+
+    def has(name: str) -> bool:
+        return hasattr(usage, name)
+
+    if type(usage).__module__.startswith("anthropic") or has("cache_read_input_tokens"):
         return from_anthropic(usage)
     if has("prompt_token_count") or has("candidates_token_count"):
         return from_gemini(usage)
     if has("prompt_tokens") and has("completion_tokens"):
         return from_openai_chat(usage)
-    if has("input_tokens_details") or has("output_tokens_details"):
-        if module.startswith("openai") or has("input_tokens_details"):
-            return from_openai_responses(usage)
+    if has("input_tokens") and has("output_tokens"):
+        return from_openai_responses(usage)
     raise TypeError(
         f"cannot tell which provider {type(usage).__qualname__} comes from; pass a TokenUsage "
         "or call one of from_openai_chat, from_openai_responses, from_anthropic, from_gemini, "

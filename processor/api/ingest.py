@@ -22,9 +22,10 @@ Decisions where the contract is silent:
   for, ``partition`` and ``offset`` are ``-1`` (they never were on a partition), ``key`` is
   the entry's ``runId`` when it is a string (else null), ``value`` is the entry as posted
   (before any tenant was written into it) re-encoded as compact JSON text. A value that
-  would make the dead letter larger than :data:`MAX_DEAD_LETTER_BYTES` (the producer's
-  request limit is 1 MiB) is cut to a prefix and the letter gets ``"valueTruncated": true``
-  and ``"valueBytes": <full size>``; the client has the full error in its answer anyway.
+  would make the dead letter larger than ``schemas.deadletter.MAX_DEAD_LETTER_BYTES``
+  (7.5 MiB; JSON escaping can inflate a 5 MiB body several times) is cut to a prefix and
+  the letter gets ``"valueTruncated": true`` and ``"valueBytes": <full size>``; the client
+  has the full error in its answer anyway.
 * ``accepted`` counts entries published to the entries topic; whether one is a duplicate of
   an earlier entry (same ``id``) is decided by the worker that applies it (so a retried
   batch answers the same and changes nothing). If publishing fails or takes longer than
@@ -54,7 +55,7 @@ from processor.api.errors import ApiError, bad_request
 from processor.api.openapi import RouteSpec
 from processor.api.openapi_schemas import JsonSchema, model_schemas
 from schemas.api import IngestRequest, IngestResponse
-from schemas.deadletter import build_dead_letter
+from schemas.deadletter import build_dead_letter, fit_dead_letter
 from schemas.entry import entry_to_json, validate_entry_dict
 from schemas.errors import EntryRejected
 
@@ -66,8 +67,6 @@ MAX_ENTRIES: Final = 1000
 MAX_BODY_BYTES: Final = 5 * 1024 * 1024
 #: Longest wait for the broker's acknowledgements before answering 503.
 PUBLISH_TIMEOUT_S: Final = 30.0
-#: Largest dead letter published; larger ones get a truncated ``value`` (producer limit 1 MiB).
-MAX_DEAD_LETTER_BYTES: Final = 900 * 1024
 _READ_CHUNK: Final = 64 * 1024
 _KINDS: Final = frozenset({"tokens", "tool", "subagent", "custom"})
 
@@ -76,11 +75,11 @@ INGEST: Final = RouteSpec(
     "/v1/entries",
     "ingestEntries",
     "Validate and publish up to 1,000 usage entries (at most 5 MiB); valid ones are "
-    "acknowledged by Kafka before the answer, rejected ones go to the dead-letter topic. "
-    "Request body: IngestRequest",
+    "acknowledged by Kafka before the answer, rejected ones go to the dead-letter topic.",
     "IngestResponse",
     status=202,
     errors=(400, 413, 503),
+    request="IngestRequest",
 )
 #: Component schemas of the route (request and response bodies).
 INGEST_SCHEMAS: Final[dict[str, JsonSchema]] = model_schemas(IngestRequest, IngestResponse)
@@ -175,19 +174,7 @@ def dead_letter_for(
             received_at_ms=received_at_ms,
         )
 
-    letter = build(value)
-    if len(letter) <= MAX_DEAD_LETTER_BYTES:
-        return key, letter
-    # Cut the value until the letter fits (JSON escaping may inflate it several times).
-    cut = value
-    while len(letter) > MAX_DEAD_LETTER_BYTES:
-        cut = cut[: max(0, len(cut) * MAX_DEAD_LETTER_BYTES // len(letter) - 1024)]
-        cut = cut.decode("utf-8", "ignore").encode("utf-8")  # whole characters only
-        letter = build(cut)
-    doc = json.loads(letter)
-    doc["valueTruncated"] = True
-    doc["valueBytes"] = len(value)
-    return key, json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return key, fit_dead_letter(build, value)
 
 
 def _other_tenant(obj: Mapping[str, Any], tenant: str) -> EntryRejected | None:

@@ -59,6 +59,7 @@ class RouteSpec:
     errors: tuple[int, ...] = ()
     extra_responses: dict[int, tuple[str, str]] = field(default_factory=dict)
     content_type: str = "application/json"
+    request: str | None = None  # component schema name of the JSON request body
 
     @property
     def authenticated(self) -> bool:
@@ -109,6 +110,11 @@ def _operation(spec: RouteSpec) -> dict[str, Any]:
         "parameters": [p.to_openapi() for p in spec.params],
         "responses": responses,
     }
+    if spec.request is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref(spec.request)}},
+        }
     op["security"] = [{"bearer": []}] if spec.authenticated else []
     return op
 

@@ -131,6 +131,8 @@ class AcceptedEntry:
     custom_type: str | None = None
     custom_name: str | None = None
     custom_value: float = 0.0
+    #: where the entry came from (a consumed message), to dead-letter it after the fact
+    origin: Any = None
 
 
 @dataclass(slots=True)

@@ -1,23 +1,26 @@
 -- Apply one batch of run deltas atomically, each with the dedup marks of its entries.
 --
 -- ARGV[1]: msgpack {stats, fields, groups: [...]} (shape: processor/store/runs.py);
--- `fields` lists the batch's counter names once; groups refer to them by 1-based index.
+--   `fields` lists the batch's counter names once; groups refer to them by 1-based index.
 -- ARGV[2]: dedup TTL seconds, ARGV[3]: entry retention seconds
--- ARGV[4..]: the entries' JSON bodies, referenced by index from the groups; passed as
--- plain arguments so the script never decodes them (decoding them doubled its cost).
+-- ARGV[4..]: the entries' JSON bodies, consecutive per group in the order of its ids;
+--   passed as plain arguments so the script never decodes them.
 --
--- A group is applied only if none of its entry ids was seen before; otherwise it is left
--- untouched and reported back with the ids already seen, and the caller re-folds it
--- without them. So the state change and the dedup marks are written in one atomic step:
--- a crash leaves either both or neither, and a replay changes nothing.
--- Counter increments travel as strings: Lua numbers are doubles.
--- Key suffixes ':children' and ':entries' mirror processor/store/keys.py.
+-- Redis does not roll a script back when a command fails half-way, so every group is
+-- checked before anything is written for it: counters must stay within 64 bits (and
+-- float counters finite), and none of its entry ids may have been applied before. A
+-- group that fails a check is left untouched and reported back (the caller drops seen
+-- ids and re-folds, or dead-letters an overflowing group); the writes that follow the
+-- checks cannot fail. So a crash or a replay never leaves a partial or doubled state.
+-- Counter increments are Lua numbers below 2^53 or strings beyond.
 local payload = cmsgpack.unpack(ARGV[1])
 local dedup_ttl = tonumber(ARGV[2])
 local entry_ttl = tonumber(ARGV[3])
-local conflicts = {}
-local applied = 0
 local fields = payload.fields
+local results = {}
+local applied = 0
+-- below 2^63 with room for the rounding of doubles near it
+local INT_LIMIT = 9.0e18
 
 -- unpack() is bounded by Lua's C stack: call in chunks of at most 1000 items
 local function call_chunked(cmd, key, args)
@@ -30,84 +33,106 @@ local function call_chunked(cmd, key, args)
   end
 end
 
-for gi, grp in ipairs(payload.groups) do
-  -- positional fields, in the order runs.py _group_payload writes them
-  local g = {
-    seen = grp[1], ids = grp[2], body_at = grp[3], run = grp[4], run_id = grp[5],
-    idx_all = grp[6], idx_user = grp[7], idx_agent = grp[8], user = grp[9],
-    tenant = grp[10], agent = grp[11], incr = grp[12], fincr = grp[13],
-    min_ts = grp[14], max_ts = grp[15], children = grp[16],
-  }
-  -- Claim every id with SET NX; on any clash, release this group's claims untouched.
-  local seen = {}
-  local claimed = {}
-  local seen_prefix = g.seen
-  for _, id in ipairs(g.ids) do
-    if redis.call('SET', seen_prefix .. id, '1', 'NX', 'EX', dedup_ttl) then
-      claimed[#claimed + 1] = seen_prefix .. id
-    else
-      seen[#seen + 1] = id
-    end
+-- One read of the run hash: its metadata (user, ts0, ts1, agent: values 1-4) and the
+-- current value of every counter the group increments (from 5 on, incr then fincr).
+local function read_run(h, incr, fincr)
+  local names = {'user', 'ts0', 'ts1', 'agent'}
+  for i = 1, #incr, 2 do names[#names + 1] = fields[incr[i]] end
+  for i = 1, #fincr, 2 do names[#names + 1] = fields[fincr[i]] end
+  return redis.call('HMGET', h, unpack(names))
+end
+
+-- The first counter that the increments would take past 64 bits (or to inf/NaN), if any.
+local function overflowing(current, incr, fincr)
+  for i = 1, #incr, 2 do
+    local v = (tonumber(current[4 + (i + 1) / 2]) or 0) + tonumber(incr[i + 1])
+    if v >= INT_LIMIT or v <= -INT_LIMIT then return fields[incr[i]] end
   end
-  if #seen > 0 then
-    if #claimed > 0 then
-      call_chunked('DEL', false, claimed)
-    end
-    conflicts[#conflicts + 1] = {gi - 1, seen}
+  local offset = 4 + #incr / 2
+  for i = 1, #fincr, 2 do
+    local v = (tonumber(current[offset + (i + 1) / 2]) or 0) + tonumber(fincr[i + 1])
+    if v ~= v or v == math.huge or v == -math.huge then return fields[fincr[i]] end
+  end
+  return nil
+end
+
+for gi, grp in ipairs(payload.groups) do
+  -- positional, in the order runs.py _group_payload writes them
+  local seen_prefix, ids, body_at = grp[1], grp[2], grp[3]
+  local h, h_kids, h_entries, run_id = grp[4], grp[5], grp[6], grp[7]
+  local idx_all, idx_user, idx_agent = grp[8], grp[9], grp[10]
+  local user, tenant, agent = grp[11], grp[12], grp[13]
+  local incr, fincr, min_ts, max_ts, children = grp[14], grp[15], grp[16], grp[17], grp[18]
+
+  local meta = read_run(h, incr, fincr)
+  local too_big = overflowing(meta, incr, fincr)
+  if too_big then
+    results[#results + 1] = {gi - 1, 'overflow', too_big}
   else
-    applied = applied + #g.ids
-    local h = g.run
-    local meta = redis.call('HMGET', h, 'user', 'ts0', 'ts1', 'agent')
-    local new_run = not meta[1]
-    local started = tonumber(meta[2])
-    local updated = tonumber(meta[3])
-    local set = {}
-    if new_run then
-      set[#set + 1] = 'user'; set[#set + 1] = g.user
-      set[#set + 1] = 'tenant'; set[#set + 1] = g.tenant
+    -- Claim every id with SET NX; on any clash, release this group's claims.
+    local seen = {}
+    local claimed = {}
+    for _, id in ipairs(ids) do
+      if redis.call('SET', seen_prefix .. id, '1', 'NX', 'EX', dedup_ttl) then
+        claimed[#claimed + 1] = seen_prefix .. id
+      else
+        seen[#seen + 1] = id
+      end
     end
-    if g.agent ~= '' and not meta[4] then
-      set[#set + 1] = 'agent'; set[#set + 1] = g.agent
-    end
-    local moved_start = started == nil or g.min_ts < started
-    if moved_start then
-      started = g.min_ts
-      set[#set + 1] = 'ts0'; set[#set + 1] = string.format('%d', g.min_ts)
-    end
-    if updated == nil or g.max_ts > updated then
-      set[#set + 1] = 'ts1'; set[#set + 1] = string.format('%d', g.max_ts)
-    end
-    if #set > 0 then
-      redis.call('HSET', h, unpack(set))
-    end
-    local incr = g.incr
-    for i = 1, #incr, 2 do
-      redis.call('HINCRBY', h, fields[incr[i]], incr[i + 1])
-    end
-    local fincr = g.fincr
-    for i = 1, #fincr, 2 do
-      redis.call('HINCRBYFLOAT', h, fields[fincr[i]], fincr[i + 1])
-    end
-    if #g.children > 0 then
-      call_chunked('SADD', h .. ':children', g.children)
-    end
-    -- raw entries, kept for the retention period after the run's last write
-    -- the group's bodies are consecutive in ARGV, in the order of its ids
-    local bodies = {}
-    local base = g.body_at - 1
-    for i, id in ipairs(g.ids) do
-      bodies[#bodies + 1] = id
-      bodies[#bodies + 1] = ARGV[base + i]
-    end
-    call_chunked('HSET', h .. ':entries', bodies)
-    redis.call('EXPIRE', h .. ':entries', entry_ttl)
-    -- run indexes scored by startedAt: touched only when the start moves (rarely)
-    if moved_start then
-      local score = string.format('%d', started)
-      redis.call('ZADD', g.idx_all, score, g.run_id)
-      redis.call('ZADD', g.idx_user, score, g.run_id)
-      if g.idx_agent ~= '' then
-        redis.call('ZADD', g.idx_agent, score, g.run_id)
+    if #seen > 0 then
+      if #claimed > 0 then
+        call_chunked('DEL', false, claimed)
+      end
+      results[#results + 1] = {gi - 1, 'seen', seen}
+    else
+      applied = applied + #ids
+      local started = tonumber(meta[2])
+      local updated = tonumber(meta[3])
+      local set = {}
+      if not meta[1] then
+        set[#set + 1] = 'user'; set[#set + 1] = user
+        set[#set + 1] = 'tenant'; set[#set + 1] = tenant
+      end
+      if agent ~= '' and not meta[4] then
+        set[#set + 1] = 'agent'; set[#set + 1] = agent
+      end
+      local moved_start = started == nil or min_ts < started
+      if moved_start then
+        started = min_ts
+        set[#set + 1] = 'ts0'; set[#set + 1] = string.format('%d', min_ts)
+      end
+      if updated == nil or max_ts > updated then
+        set[#set + 1] = 'ts1'; set[#set + 1] = string.format('%d', max_ts)
+      end
+      if #set > 0 then
+        redis.call('HSET', h, unpack(set))
+      end
+      for i = 1, #incr, 2 do
+        redis.call('HINCRBY', h, fields[incr[i]], incr[i + 1])
+      end
+      for i = 1, #fincr, 2 do
+        redis.call('HINCRBYFLOAT', h, fields[fincr[i]], fincr[i + 1])
+      end
+      if #children > 0 then
+        call_chunked('SADD', h_kids, children)
+      end
+      -- raw entries, kept for the retention period after the run's last write
+      local bodies = {}
+      local base = body_at - 1
+      for i, id in ipairs(ids) do
+        bodies[#bodies + 1] = id
+        bodies[#bodies + 1] = ARGV[base + i]
+      end
+      call_chunked('HSET', h_entries, bodies)
+      redis.call('EXPIRE', h_entries, entry_ttl)
+      -- run indexes scored by startedAt: touched only when the start moves (rarely)
+      if moved_start then
+        local score = string.format('%d', started)
+        redis.call('ZADD', idx_all, score, run_id)
+        redis.call('ZADD', idx_user, score, run_id)
+        if idx_agent ~= '' then
+          redis.call('ZADD', idx_agent, score, run_id)
+        end
       end
     end
   end
@@ -117,4 +142,4 @@ if applied > 0 then
   redis.call('HINCRBY', payload.stats, 'applied', applied)
 end
 
-return cjson.encode(conflicts)
+return cjson.encode(results)

@@ -1,19 +1,21 @@
 """Every Redis key this application writes, in one place.
 
 All keys start with ``Settings.key_prefix`` so several deployments (and every test) can
-share one Redis. User-supplied ids are embedded verbatim after a fixed number of
-``:``-separated parts; nobody parses keys back, so ids containing ``:`` are harmless.
+share one Redis. Each kind of key has its own tag right after the prefix, and every
+user-supplied part (tenant, run, user, agent, entry id) is escaped (``%`` -> ``%25``,
+``:`` -> ``%3A``), so no id can make one key look like another: run ``x:children`` or
+tenant ``t:user:bob`` stay in their own keys.
 
-Layout (``p`` = prefix, ``t`` = tenant id):
+Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 
-- ``p:seen:t:<entryId>``            string, TTL dedup retention: the entry id was applied
-- ``p:run:t:<runId>``               hash: the run's own rollup counters (see domain.rollup)
-- ``p:run:t:<runId>:children``      set: sub-agent run ids referenced by the run
-- ``p:run:t:<runId>:entries``       hash: entry id -> accepted entry JSON (TTL retention)
-- ``p:runs:t``                      sorted set: run ids scored by startedAt
-- ``p:runs:t:user:<userId>``        sorted set: the user's run ids scored by startedAt
-- ``p:runs:t:agent:<agentName>``    sorted set: the agent's run ids scored by startedAt
-- ``p:stats``                       hash: ``applied`` = entries applied (all tenants)
+- ``p:seen:t:<entryId>``        string, TTL dedup retention: the entry id was applied
+- ``p:run:t:<runId>``           hash: the run's own rollup counters (see domain.rollup)
+- ``p:runkids:t:<runId>``       set: sub-agent run ids referenced by the run
+- ``p:runentries:t:<runId>``    hash: entry id -> accepted entry JSON (TTL retention)
+- ``p:runs:t``                  sorted set: run ids scored by startedAt
+- ``p:runsbyuser:t:<userId>``   sorted set: the user's run ids scored by startedAt
+- ``p:runsbyagent:t:<agent>``   sorted set: the agent's run ids scored by startedAt
+- ``p:stats``                   hash: ``applied`` = entries applied (all tenants)
 
 Faust tables on the ``redis://`` store (processor/store/faust_redis.py):
 
@@ -24,6 +26,13 @@ Faust tables on the ``redis://`` store (processor/store/faust_redis.py):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+
+@lru_cache(maxsize=65536)
+def part(value: str) -> str:
+    """A user-supplied key part, escaped so it cannot contain the ``:`` separator."""
+    return value.replace("%", "%25").replace(":", "%3A")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,30 +40,30 @@ class Keys:
     prefix: str
 
     def seen_prefix(self, tenant: str) -> str:
-        """Prefix of dedup marks; the Lua script appends the entry id."""
-        return f"{self.prefix}:seen:{tenant}:"
+        """Prefix of dedup marks; the Lua script appends the (unescaped) entry id, which
+        is the last part, so it needs no escaping."""
+        return f"{self.prefix}:seen:{part(tenant)}:"
 
     def seen(self, tenant: str, entry_id: str) -> str:
         return self.seen_prefix(tenant) + entry_id
 
     def run(self, tenant: str, run_id: str) -> str:
-        return f"{self.prefix}:run:{tenant}:{run_id}"
+        return f"{self.prefix}:run:{part(tenant)}:{part(run_id)}"
 
-    # apply_batch.lua derives the next two from run() by the same suffixes
     def run_children(self, tenant: str, run_id: str) -> str:
-        return self.run(tenant, run_id) + ":children"
+        return f"{self.prefix}:runkids:{part(tenant)}:{part(run_id)}"
 
     def run_entries(self, tenant: str, run_id: str) -> str:
-        return self.run(tenant, run_id) + ":entries"
+        return f"{self.prefix}:runentries:{part(tenant)}:{part(run_id)}"
 
     def runs_index(self, tenant: str) -> str:
-        return f"{self.prefix}:runs:{tenant}"
+        return f"{self.prefix}:runs:{part(tenant)}"
 
     def runs_by_user(self, tenant: str, user_id: str) -> str:
-        return f"{self.prefix}:runs:{tenant}:user:{user_id}"
+        return f"{self.prefix}:runsbyuser:{part(tenant)}:{part(user_id)}"
 
     def runs_by_agent(self, tenant: str, agent_name: str) -> str:
-        return f"{self.prefix}:runs:{tenant}:agent:{agent_name}"
+        return f"{self.prefix}:runsbyagent:{part(tenant)}:{part(agent_name)}"
 
     def stats(self) -> str:
         return f"{self.prefix}:stats"

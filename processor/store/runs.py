@@ -31,6 +31,9 @@ _MAX_ROUNDS = 50
 class ApplyResult:
     accepted: list[AcceptedEntry] = field(default_factory=list)
     duplicates: list[AcceptedEntry] = field(default_factory=list)
+    #: entries of a run whose counters they would take past 64 bits, with the counter
+    #: name: not applied (the caller dead-letters them)
+    overflowed: list[tuple[AcceptedEntry, str]] = field(default_factory=list)
 
 
 class RunStore:
@@ -79,17 +82,23 @@ class RunStore:
                     *bodies,
                 ],
             )
-            conflicts = _decode_conflicts(raw)
+            outcomes = _decode_results(raw)
             retry: list[tuple[list[AcceptedEntry], RunDelta]] = []
             for index, (members, _) in enumerate(pending):
-                seen = conflicts.get(index)
-                if seen is None:
+                outcome = outcomes.get(index)
+                if outcome is None:
                     result.accepted.extend(members)
-                    continue
-                rest = [e for e in members if e.entry_id not in seen]
-                result.duplicates.extend(e for e in members if e.entry_id in seen)
-                if rest:
-                    retry.append((rest, fold_run(rest)))
+                elif outcome[0] == "overflow" and len(members) > 1:
+                    # find the culprit(s): retry each entry as a group of its own
+                    retry.extend(([e], fold_run([e])) for e in members)
+                elif outcome[0] == "overflow":
+                    result.overflowed.append((members[0], str(outcome[1])))
+                else:
+                    seen = set(outcome[1])
+                    rest = [e for e in members if e.entry_id not in seen]
+                    result.duplicates.extend(e for e in members if e.entry_id in seen)
+                    if rest:
+                        retry.append((rest, fold_run(rest)))
             pending = retry
         raise RuntimeError("could not apply batch: entry ids kept conflicting")
 
@@ -112,6 +121,8 @@ class RunStore:
             d.entry_ids,
             body_at,
             k.run(t, d.run_id),
+            k.run_children(t, d.run_id),
+            k.run_entries(t, d.run_id),
             d.run_id,
             k.runs_index(t),
             k.runs_by_user(t, d.user_id),
@@ -222,8 +233,9 @@ def _lua_int(v: int) -> int | str:
     return v if -(2**53) < v < 2**53 else str(v)
 
 
-def _decode_conflicts(raw: Any) -> dict[int, set[str]]:
+def _decode_results(raw: Any) -> dict[int, tuple[str, Any]]:
+    """Group index -> ("seen", [ids]) or ("overflow", counter name); absent = applied."""
     decoded = json.loads(raw)
     if isinstance(decoded, dict):  # cjson encodes an empty table as {}
         return {}
-    return {int(index): set(ids) for index, ids in decoded}
+    return {int(index): (str(kind), detail) for index, kind, detail in decoded}

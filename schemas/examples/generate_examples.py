@@ -214,6 +214,7 @@ INVALID: Final[dict[str, tuple[Json | bytes | list[Any] | str | int | None, str 
     "schema--cost-usd-nan": (tok(costUsd="NaN"), "costUsd"),
     "schema--cost-usd-leading-zero": (tok(costUsd="01.5"), "costUsd"),
     "schema--cost-usd-empty": (tok(costUsd=""), "costUsd"),
+    "schema--cost-usd-a-million": (tok(costUsd="1000000"), "costUsd"),
     # --- schema: tool / subagent / custom
     "schema--tool-name-missing": (without(tool(), "toolName"), "toolName"),
     "schema--tool-duration-negative": (tool(durationMs=-1), "durationMs"),

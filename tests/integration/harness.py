@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import os
 import signal
 import subprocess
@@ -24,11 +23,11 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord, RecordMetadata
-from pydantic import SecretStr
 
-from processor.settings import ENV_PREFIX, Settings
+from processor.settings import ENV_PREFIX, Settings, settings_env
 from processor.stack.ports import pick_port
 from processor.stack.process import log_tail
+from processor.topics import topic_configs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOPIC_ALREADY_EXISTS = 36
@@ -74,25 +73,6 @@ def unique_settings(kafka_bootstrap: str, redis_url: str, **overrides: Any) -> S
     }
     values.update(overrides)
     return build_settings(**values)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Every field as ``USAGE_<FIELD>``: secrets unwrapped, None left out."""
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            text = value.get_secret_value()
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, list | tuple | dict | set):
-            text = json.dumps(list(value) if isinstance(value, set | tuple) else value)
-        else:
-            text = str(value)
-        env[ENV_PREFIX + name.upper()] = text
-    return env
 
 
 # --- waiting ---------------------------------------------------------------------------
@@ -162,7 +142,13 @@ async def create_topics(
     await admin.start()
     try:
         response = await admin.create_topics(
-            [NewTopic(n, count, settings.topic_replication) for n in names], timeout_ms=30_000
+            [
+                NewTopic(
+                    n, count, settings.topic_replication, topic_configs=topic_configs(settings, n)
+                )
+                for n in names
+            ],
+            timeout_ms=30_000,
         )
         for topic, code, *rest in response.topic_errors:
             if code not in (0, TOPIC_ALREADY_EXISTS):

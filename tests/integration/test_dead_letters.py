@@ -187,13 +187,6 @@ async def test_invalid_vectors_become_dead_letters_and_valid_entries_flow(
         await check_all_runs(http, truth)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="product bug: the dead letter of 300 KiB of control bytes is ~1.8 MB once "
-    "JSON-escaped, over the publisher's 1 MiB max_request_size; the batch is retried "
-    "forever and its partition stalls (and SIGTERM cannot stop the worker)",
-)
 async def test_huge_message_of_control_bytes_is_dead_lettered(
     settings: Settings, tmp_path: Path, redis_client: aioredis.Redis
 ) -> None:

@@ -124,7 +124,7 @@ async def test_two_workers_share_partitions_and_survive_one_stopping(
                 wave2_underway, timeout=60, interval=0.02, message="wave 2 underway"
             )
             # the premise: B is stopped while part of wave 2 is still to be applied
-            assert at_stop < len(wave1) + len(wave2)
+            assert at_stop is not None and at_stop < len(wave1) + len(wave2)
         code = await b.aterminate(timeout=30)
         assert code == 0, b.log_tail()
         await producing

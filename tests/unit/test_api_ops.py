@@ -137,10 +137,15 @@ async def test_openapi_lists_every_route_with_parameters_and_schemas(store: RunS
         "/v1/runs/{runId}/rollup",
         "/v1/runs/{runId}/entries",
         "/v1/runs",
+        "/v1/entries",
         "/v1/openapi.json",
         "/healthz",
         "/readyz",
         "/v1/users/{userId}/usage",
+    }
+    ingest = doc["paths"]["/v1/entries"]["post"]
+    assert ingest["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/IngestRequest"
     }
     assert "/metrics" not in doc["paths"]
     resolve(doc, doc)

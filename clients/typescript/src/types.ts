@@ -70,7 +70,7 @@ export interface TokensEntry {
   agentName?: string | null;
   /**
    * Cost reported by the producer, US dollars as a plain decimal string >= 0 with at most 12 decimals (no exponent, no sign); when present it is used instead of the price catalog.
-   * [pattern ^(0|[1-9][0-9]{0,8})(\.[0-9]{1,12})?$]
+   * [pattern ^(0|[1-9][0-9]{0,5})(\.[0-9]{1,12})?$]
    */
   costUsd?: string | null;
   /**

@@ -481,7 +481,7 @@ export const USAGE_ENTRY_SCHEMA = {
         "costUsd": {
           "anyOf": [
             {
-              "pattern": "^(0|[1-9][0-9]{0,8})(\\.[0-9]{1,12})?$",
+              "pattern": "^(0|[1-9][0-9]{0,5})(\\.[0-9]{1,12})?$",
               "type": "string"
             },
             {

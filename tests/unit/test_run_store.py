@@ -1,0 +1,124 @@
+"""RunStore against a real redis-server: idempotence, key isolation, no partial writes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from processor.store.keys import Keys
+from processor.store.runs import RunStore
+from tests.unit.test_api_support import (
+    custom,
+    make_store,
+    redis_server,
+    subagent,
+    tokens,
+    tool,
+    unique_prefix,
+)
+
+T0 = 1_763_000_000_000
+PICO_9M_USD = 9_000_000 * 10**12
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return unique_prefix()
+
+
+@pytest.fixture
+def store(redis: Redis, prefix: str) -> RunStore:
+    return make_store(redis, prefix)
+
+
+async def test_replaying_a_batch_changes_nothing(store: RunStore) -> None:
+    batch = [
+        tokens("r", T0, "gpt-4o", 10, 5, 700, id="a"),
+        tool("r", T0 + 1, "search", False, 12.5, id="b"),
+        custom("r", T0 + 2, "api_calls", "tavily", 2.5, id="c"),
+    ]
+    first = await store.apply(batch)
+    assert len(first.accepted) == 3 and not first.duplicates
+    before = await store.get_rollup("default", "r")
+    again = await store.apply(batch)
+    assert not again.accepted and len(again.duplicates) == 3
+    assert await store.get_rollup("default", "r") == before
+
+
+async def test_a_group_with_one_seen_id_applies_only_the_new_ones(store: RunStore) -> None:
+    await store.apply([tokens("r", T0, "m", 1, 1, 1, id="a")])
+    result = await store.apply(
+        [tokens("r", T0, "m", 1, 1, 1, id="a"), tokens("r", T0, "m", 2, 2, 2, id="b")]
+    )
+    assert [e.entry_id for e in result.accepted] == ["b"]
+    assert [e.entry_id for e in result.duplicates] == ["a"]
+    rollup = await store.get_rollup("default", "r")
+    assert rollup is not None
+    assert (rollup.entry_count, rollup.tokens.prompt, rollup.cost_pico) == (2, 3, 3)
+
+
+async def test_run_ids_that_look_like_key_suffixes_stay_apart(store: RunStore) -> None:
+    await store.apply(
+        [
+            subagent("x", T0, "helper", "child", id="1"),
+            tokens("x:children", T0, "m", 5, 5, 10, id="2"),
+            tokens("x:entries", T0, "m", 7, 7, 14, id="3"),
+        ]
+    )
+    x = await store.get_rollup("default", "x")
+    kids = await store.get_rollup("default", "x:children")
+    entries = await store.get_rollup("default", "x:entries")
+    assert x is not None and kids is not None and entries is not None
+    assert x.children == ["child"] and x.entry_count == 1
+    assert kids.tokens.prompt == 5 and entries.tokens.prompt == 7
+    assert [e["id"] for e in await store.get_entries("default", "x")] == ["1"]
+
+
+async def test_tenant_ids_with_separators_cannot_reach_other_indexes(
+    store: RunStore, redis: Redis, prefix: str
+) -> None:
+    await store.apply([tokens("r1", T0, "m", 1, 1, 1, id="1", tenant="t:user:bob")])
+    await store.apply([tokens("r2", T0, "m", 1, 1, 1, id="2", tenant="t", user="bob")])
+    assert await store.list_runs("t", user_id="bob", agent_name=None, since=None, limit=10) == [
+        "r2"
+    ]
+    assert await store.list_runs(
+        "t:user:bob", user_id=None, agent_name=None, since=None, limit=10
+    ) == ["r1"]
+    assert all(":user:" not in k for k in await redis.keys(f"{prefix}:*"))
+
+
+async def test_an_overflowing_entry_is_reported_and_nothing_of_it_written(
+    store: RunStore, redis: Redis
+) -> None:
+    big = [tokens("r", T0 + i, "m", 1, 1, PICO_9M_USD // 10, id=f"b{i}") for i in range(9)]
+    assert len((await store.apply(big)).accepted) == 9
+    before = await redis.hgetall(Keys(store._keys.prefix).run("default", "r"))
+    result = await store.apply(
+        [
+            tokens("r", T0 + 20, "m", 1, 1, PICO_9M_USD // 10, id="too-much"),
+            tool("r", T0 + 21, "search", True, 1.0, id="fine"),
+        ]
+    )
+    assert [(e.entry_id, counter) for e, counter in result.overflowed] == [("too-much", "c|m")]
+    assert [e.entry_id for e in result.accepted] == ["fine"]
+    after = await redis.hgetall(Keys(store._keys.prefix).run("default", "r"))
+    assert after["c|m"] == before["c|m"]
+    assert int(after["n"]) == 10
+    # the rejected entry's id was not claimed: once the counter has room it can apply
+    assert not await redis.exists(Keys(store._keys.prefix).seen("default", "too-much"))

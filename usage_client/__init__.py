@@ -1,0 +1,55 @@
+"""Python client of usage-stream: record usage entries onto Kafka, read rollups over HTTP.
+
+Needs only aiokafka and pydantic (plus the ``schemas`` package of this distribution, for
+local validation); it never imports Faust or the processor.
+
+    async with UsageRecorder("localhost:9092", user_id="user-1", agent_name="planner") as rec:
+        run = rec.run()
+        await run.record_usage("gpt-4o-mini", response.usage, provider="openai")
+        async with run.tool("web_search"):
+            ...
+"""
+
+from usage_client.adapters import (
+    TokenUsage,
+    from_ai_sdk,
+    from_anthropic,
+    from_gemini,
+    from_openai_chat,
+    from_openai_responses,
+    to_token_usage,
+)
+from usage_client.errors import (
+    EntryValidationError,
+    RunNotFoundError,
+    UsageApiError,
+    UsageRecorderError,
+)
+from usage_client.ids import new_id, uuid7, uuid7_time_ms
+from usage_client.reader import EntriesPage, UsageReader
+from usage_client.recorder import RecorderStats, UsageRecorder
+from usage_client.run import MetricDefinition, RunHandle, ToolTimer
+
+__all__ = [
+    "EntriesPage",
+    "EntryValidationError",
+    "MetricDefinition",
+    "RecorderStats",
+    "RunHandle",
+    "RunNotFoundError",
+    "TokenUsage",
+    "ToolTimer",
+    "UsageApiError",
+    "UsageReader",
+    "UsageRecorder",
+    "UsageRecorderError",
+    "from_ai_sdk",
+    "from_anthropic",
+    "from_gemini",
+    "from_openai_chat",
+    "from_openai_responses",
+    "new_id",
+    "to_token_usage",
+    "uuid7",
+    "uuid7_time_ms",
+]
