@@ -41,6 +41,7 @@ demo: install
 	$(BIN)/usage-stream demo
 
 test: install
+	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_FLAGS)
 
 unit: $(PIP_STAMP)

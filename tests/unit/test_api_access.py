@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,36 +19,12 @@ from tests.unit.test_api_support import (
     free_port,
     make_settings,
     make_store,
-    redis_server,
     tokens,
     unique_prefix,
 )
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 KEYS = "key-a:tenantA, key-b:tenantB"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return unique_prefix()
-
-
-@pytest.fixture
-def store(redis: Redis, prefix: str) -> RunStore:
-    return make_store(redis, prefix)
 
 
 @pytest.fixture

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from redis.asyncio import Redis
 
 from processor.store.runs import RunStore
 from schemas.api import EntriesPage, RunList, RunRollup
@@ -16,38 +15,12 @@ from tests.unit.test_api_support import (
     build_app,
     custom,
     make_settings,
-    make_store,
-    redis_server,
     subagent,
     tokens,
     tool,
-    unique_prefix,
 )
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return unique_prefix()
-
-
-@pytest.fixture
-def store(redis: Redis, prefix: str) -> RunStore:
-    return make_store(redis, prefix)
 
 
 @pytest.fixture

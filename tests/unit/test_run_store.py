@@ -2,48 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
-import pytest
 from redis.asyncio import Redis
 
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
 from tests.unit.test_api_support import (
     custom,
-    make_store,
-    redis_server,
     subagent,
     tokens,
     tool,
-    unique_prefix,
 )
 
 T0 = 1_763_000_000_000
 PICO_9M_USD = 9_000_000 * 10**12
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return unique_prefix()
-
-
-@pytest.fixture
-def store(redis: Redis, prefix: str) -> RunStore:
-    return make_store(redis, prefix)
 
 
 async def test_replaying_a_batch_changes_nothing(store: RunStore) -> None:
