@@ -68,7 +68,8 @@ def run(cmd: list[str], *, timeout: float = 600, env: dict[str, str] | None = No
 
 
 @contextmanager
-def _build_lock() -> Iterator[None]:
+def build_lock() -> Iterator[None]:
+    """Exclusive across processes: one build (or ``npm test``) at a time."""
     path = Path(tempfile.gettempdir()) / f"usage-stream-ts-build-{os.getuid()}.lock"
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -98,7 +99,7 @@ def ensure_installed() -> None:
 def ensure_built() -> None:
     """``npm ci`` and ``npm run build`` when needed (see the module docstring)."""
     _node, npm = node_tools()
-    with _build_lock():
+    with build_lock():
         ensure_installed()
         if not _BUILD_STAMP.exists() or _BUILD_STAMP.stat().st_mtime < _newest_source_mtime():
             run([npm, "run", "build"])

@@ -10,6 +10,7 @@ prints what it recorded. The rollups and raw entries are then checked exactly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import uuid
@@ -37,7 +38,14 @@ OWN_TOKENS = {  # gpt-4o-mini 100/20 (40 cached) + claude AI SDK v6 usage 1210/5
     "cacheWrite": 200,
     "total": 1380,
 }
-CHILD_TOKENS = {"prompt": 7, "completion": 3, "reasoning": 0, "cached": 0, "cacheWrite": 0, "total": 10}
+CHILD_TOKENS = {
+    "prompt": 7,
+    "completion": 3,
+    "reasoning": 0,
+    "cached": 0,
+    "cacheWrite": 0,
+    "total": 10,
+}
 
 
 async def _run_node(env: dict[str, str], timeout: float = 120) -> dict[str, Any]:
@@ -64,6 +72,16 @@ async def _run_node(env: dict[str, str], timeout: float = 120) -> dict[str, Any]
         )
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     return result
+
+
+async def _rollup(http: httpx.AsyncClient, run: str, count: int) -> dict[str, Any] | None:
+    """The run's rollup once it counts ``count`` entries (None before)."""
+    r = await http.get(f"/v1/runs/{run}/rollup")
+    if r.status_code == 404:
+        return None
+    assert r.status_code == 200, r.text
+    doc: dict[str, Any] = r.json()
+    return doc if doc["entryCount"] >= count else None
 
 
 async def test_entries_from_both_typescript_transports_arrive_in_the_rollup(
@@ -97,26 +115,19 @@ async def test_entries_from_both_typescript_transports_arrive_in_the_rollup(
             assert recorded["stats"] == {"buffered": 0, "delivered": 7, "failed": 0, "rejected": 0}
             child = recorded["childRunId"]
 
-            async def rollup(run: str, count: int) -> dict[str, Any] | None:
-                r = await http.get(f"/v1/runs/{run}/rollup")
-                if r.status_code == 404:
-                    return None
-                assert r.status_code == 200, r.text
-                doc: dict[str, Any] = r.json()
-                return doc if doc["entryCount"] >= count else None
-
             own = await wait_for(
-                lambda run_id=run_id: rollup(run_id, 6),
+                functools.partial(_rollup, http, run_id, 6),
                 timeout=60,
                 interval=0.2,
                 message=f"{transport}: rollup of 6 entries\n{worker.log_tail()}",
             )
             sub = await wait_for(
-                lambda child=child: rollup(child, 1),
+                functools.partial(_rollup, http, child, 1),
                 timeout=60,
                 interval=0.2,
                 message=f"{transport}: child rollup",
             )
+            assert own is not None and sub is not None
             assert own["entryCount"] == 6, transport
             assert own["userId"] == user and own["tenantId"] == TENANT
             assert own["agentName"] == "ts-roundtrip"
@@ -124,7 +135,11 @@ async def test_entries_from_both_typescript_transports_arrive_in_the_rollup(
             assert own["tokensByModel"]["gpt-4o-mini"]["prompt"] == 100
             assert own["tokensByModel"]["claude-3-5-sonnet-20241022"]["cacheWrite"] == 200
             tools = own["toolStats"]
-            assert (tools["totalCalls"], tools["successfulCalls"], tools["failedCalls"]) == (2, 1, 1)
+            assert (tools["totalCalls"], tools["successfulCalls"], tools["failedCalls"]) == (
+                2,
+                1,
+                1,
+            )
             assert set(tools["byTool"]) == {"search", "fetch"}
             subs = own["subAgentStats"]
             assert (subs["totalCalls"], subs["successfulCalls"]) == (1, 1)

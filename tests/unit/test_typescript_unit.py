@@ -17,24 +17,37 @@ from pathlib import Path
 
 from schemas.entry import parse_entry
 from schemas.errors import EntryRejected
-from tests.typescript_client import DIST, TS_DIR, ensure_built, ensure_installed, node_tools, run
+from tests.typescript_client import (
+    DIST,
+    TS_DIR,
+    build_lock,
+    ensure_built,
+    ensure_installed,
+    node_tools,
+    run,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 NOW_MS = 1_795_392_000_000  # the clock the vectors assume (2026-11-23T00:00:00Z)
 
-_CUSTOM = (
-    '{"id":"a","kind":"custom","runId":"r","userId":"u","timestamp":1790000000000,'
-    '"type":"t","name":"n","value":%s}'
+_HEAD = '{"id":"a","runId":"r","userId":"u","timestamp":1790000000000,'
+_CUSTOM = _HEAD + '"kind":"custom","type":"t","name":"n","value":%s}'
+_TOOL = _HEAD + '"kind":"tool","toolName":"t","success":true,"durationMs":%s}'
+_TOKENS = _HEAD + '"kind":"tokens","model":"m","tokens":%s}'
+_TS = (
+    '{"id":"a","kind":"custom","runId":"r","userId":"u","type":"t","name":"n","value":1,'
+    '"timestamp":%s}'
 )
-_TOOL = (
-    '{"id":"a","kind":"tool","runId":"r","userId":"u","timestamp":1790000000000,'
-    '"toolName":"t","success":true,"durationMs":%s}'
-)
-_TS = '{"id":"a","kind":"custom","runId":"r","userId":"u","timestamp":%s,"type":"t","name":"n","value":1}'
-_TOKENS = (
-    '{"id":"a","kind":"tokens","runId":"r","userId":"u","timestamp":1790000000000,'
-    '"model":"m","tokens":%s}'
-)
+
+
+def _tok(fields: str) -> str:
+    """A valid tokens entry with ``fields`` (JSON members) added before ``model``."""
+    return (_TOKENS % '{"prompt":1}').replace('"model"', fields + ',"model"')
+
+
+def _nested(inner: str) -> str:
+    """A custom entry with an extra field ``x`` holding ``inner``."""
+    return (_CUSTOM % "1")[:-1] + ',"x":' + inner + "}"
 
 
 def _extra_cases() -> dict[str, bytes]:
@@ -55,53 +68,50 @@ def _extra_cases() -> dict[str, bytes]:
                '"' + "é" * 200 + '"', '"' + "😀" * 200 + '"', '"' + "😀" * 201 + '"']  # fmt: skip
     for s in strings:
         cases[f"name {s[:16]!r}"] = _CUSTOM.replace('"name":"n"', '"name":' + s) % "1"
-    for t in ['{"prompt":1,"zz":1,"completion":"x"}', '{"prompt":null,"completion":null}',
+    tokens = ['{"prompt":1,"zz":1,"completion":"x"}', '{"prompt":null,"completion":null}',
               '{"prompt":5,"cached":3,"cacheWrite":3}', '{"prompt":5,"cached":6,"cacheWrite":1}',
-              '{"completion":5,"reasoning":5,"total":5}', '{"total":0}', '{"reasoning":0,"total":1}',
-              '{"cached":0,"completion":1}', '{"prompt":9007199254740991}', '[]', '"x"',
-              '{"prompt":1.0}', '{"prompt":1,"total":2}', '{"prompt":1,"completion":1,"total":2}']:  # fmt: skip
+              '{"completion":5,"reasoning":5,"total":5}', '{"total":0}',
+              '{"reasoning":0,"total":1}', '{"cached":0,"completion":1}',
+              '{"prompt":9007199254740991}', "[]", '"x"', '{"prompt":1.0}',
+              '{"prompt":1,"total":2}', '{"prompt":1,"completion":1,"total":2}']  # fmt: skip
+    for t in tokens:
         cases[f"tokens {t}"] = _TOKENS % t
-    cases["extras in input order"] = _CUSTOM.replace('{"id"', '{"zz":1,"id"').replace("}", ',"aa":2}') % "1"
+    cases["extras in input order"] = '{"zz":1,' + (_CUSTOM % "1")[1:-1] + ',"aa":2}'
     cases["missing beats later type error"] = _CUSTOM.replace(',"name":"n"', "") % '"x"'
     cases["schema beats timestamp"] = (_TS % "10").replace('"value":1', '"value":"x"')
     cases["unknown kind first"] = '{"id":"a","kind":"zzz","runId":5}'
     cases["null kind"] = '{"id":"a","kind":null,"runId":5}'
     cases["kind number"] = '{"id":"a","kind":5}'
     cases["kind constructor"] = '{"id":"a","kind":"constructor"}'
-    cases["duplicate key last wins"] = (_TOKENS % '{"prompt":1}').replace('"id":"a"', '"id":"i","id":5')
-    cases["source wrong and extra"] = (_TOKENS % '{"prompt":1}').replace(
-        '"model"', '"source":{"name":"x","type":"bad","q":1},"model"'
-    )
-    cases["source null"] = (_TOKENS % '{"prompt":1}').replace('"model"', '"source":null,"model"')
-    cases["stepCount null"] = (_TOKENS % '{"prompt":1}').replace('"model"', '"stepCount":null,"model"')
-    cases["stepCount 2^53"] = (_TOKENS % '{"prompt":1}').replace('"model"', '"stepCount":9007199254740992,"model"')
-    cases["schemaVersion 1.0"] = (_TOKENS % '{"prompt":1}').replace('"model"', '"schemaVersion":1.0,"model"')
-    cases["schemaVersion 1"] = (_TOKENS % '{"prompt":1}').replace('"model"', '"schemaVersion":1,"model"')
-    cases["costUsd null"] = (_TOKENS % '{"prompt":1}').replace('"model"', '"costUsd":null,"model"')
-    cases["costUsd 999999999.000000000001"] = (_TOKENS % '{"prompt":1}').replace(
-        '"model"', '"costUsd":"999999999.000000000001","model"'
-    )
-    cases["costUsd 10 digits"] = (_TOKENS % '{"prompt":1}').replace('"model"', '"costUsd":"1000000000","model"')
+    cases["duplicate key last wins"] = _tok('"id":5')
+    cases["source wrong and extra"] = _tok('"source":{"name":"x","type":"bad","q":1}')
+    cases["source null"] = _tok('"source":null')
+    cases["stepCount null"] = _tok('"stepCount":null')
+    cases["stepCount 2^53"] = _tok('"stepCount":9007199254740992')
+    cases["schemaVersion 1.0"] = _tok('"schemaVersion":1.0')
+    cases["schemaVersion 1"] = _tok('"schemaVersion":1')
+    cases["costUsd null"] = _tok('"costUsd":null')
+    cases["costUsd 999999.000000000001"] = _tok('"costUsd":"999999.000000000001"')
+    cases["costUsd 1000000"] = _tok('"costUsd":"1000000"')
+    cases["costUsd 10 digits"] = _tok('"costUsd":"1000000000"')
     cases["tool error empty"] = (_TOOL % "1").replace('"success"', '"error":"","success"')
     cases["custom with error field"] = (_CUSTOM % "1").replace('"name"', '"error":null,"name"')
-    cases["whitespace around"] = b" \n\t" + (_TOKENS % '{"prompt":1}').encode() + b"\r\n"
-    cases["form feed"] = b"\x0c" + (_TOKENS % '{"prompt":1}').encode()
-    cases["nul after"] = (_TOKENS % '{"prompt":1}').encode() + b"\x00"
-    cases["bom"] = b"\xef\xbb\xbf" + (_TOKENS % '{"prompt":1}').encode()
-    cases["latin-1 byte"] = (_TOKENS % '{"prompt":1}').encode().replace(b'"m"', b'"\xe9"')
-    cases["overlong utf-8"] = (_TOKENS % '{"prompt":1}').encode().replace(b'"m"', b'"\xc0\xaf"')
-    cases["utf-8 surrogate bytes"] = (_TOKENS % '{"prompt":1}').encode().replace(b'"m"', b'"\xed\xa0\x80"')
-    cases["exactly 64 KiB"] = b""
+    ok = _tok('"stepCount":0').encode()
+    cases["whitespace around"] = b" \n\t" + ok + b"\r\n"
+    cases["form feed"] = b"\x0c" + ok
+    cases["nul after"] = ok + b"\x00"
+    cases["bom"] = b"\xef\xbb\xbf" + ok
+    cases["latin-1 byte"] = ok.replace(b'"m"', b'"\xe9"')
+    cases["overlong utf-8"] = ok.replace(b'"m"', b'"\xc0\xaf"')
+    cases["utf-8 surrogate bytes"] = ok.replace(b'"m"', b'"\xed\xa0\x80"')
     base = (_TOOL % "1").encode()
     pad = 65536 - len(base) - len(b',"error":""')
     cases["exactly 64 KiB"] = base[:-1] + b',"error":"' + b"x" * pad + b'"}'
     cases["64 KiB + 1"] = base[:-1] + b',"error":"' + b"x" * (pad + 1) + b'"}'
     for depth in (198, 199, 200, 201):
-        cases[f"nested arrays {depth}"] = (_CUSTOM % "1")[:-1] + ',"x":' + "[" * depth + "1" + "]" * depth + "}"
-        cases[f"nested empty arrays {depth}"] = (_CUSTOM % "1")[:-1] + ',"x":' + "[" * depth + "]" * depth + "}"
-        cases[f"nested objects {depth}"] = (
-            (_CUSTOM % "1")[:-1] + ',"x":' + '{"a":' * depth + "{}" + "}" * depth + "}"
-        )
+        cases[f"nested arrays {depth}"] = _nested("[" * depth + "1" + "]" * depth)
+        cases[f"nested empty arrays {depth}"] = _nested("[" * depth + "]" * depth)
+        cases[f"nested objects {depth}"] = _nested('{"a":' * depth + "{}" + "}" * depth)
     return {k: v if isinstance(v, bytes) else v.encode() for k, v in cases.items()}
 
 
@@ -116,8 +126,9 @@ def _python_outcome(raw: bytes) -> tuple[str, str | None]:
 def test_node_unit_tests_pass() -> None:
     """``npm test``: tsc --strict build, then every ``node --test`` file under dist/test."""
     _node, npm = node_tools()
-    ensure_installed()
-    out = run([npm, "test"])
+    with build_lock():
+        ensure_installed()
+        out = run([npm, "test"])
     assert "# fail 0" in out, out[-5000:]
 
 
@@ -145,10 +156,11 @@ def test_typescript_and_python_agree_on_every_vector_and_edge_case() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     ts = {r["name"]: (r["code"], r["field"]) for r in json.loads(proc.stdout)}
+    python = {name: _python_outcome(raw) for name, raw in cases.items()}
     disagreements = {
-        name: {"python": _python_outcome(raw), "typescript": ts.get(name)}
-        for name, raw in cases.items()
-        if _python_outcome(raw) != ts.get(name)
+        name: {"python": python[name], "typescript": ts.get(name)}
+        for name in cases
+        if python[name] != ts.get(name)
     }
     assert not disagreements, json.dumps(disagreements, indent=1, ensure_ascii=False)
     assert n_vectors >= 100
