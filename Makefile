@@ -17,7 +17,8 @@ MYPY_TARGETS ?= processor schemas
         stack-status stack-env clean
 
 help:
-	@echo "make install       virtualenv, package (editable, with dev tools), Kafka jars, redis-server"
+	@echo "make install       virtualenv, package (editable, with dev tools), Kafka jars, redis-server,"
+	@echo "                   the TypeScript client's node_modules"
 	@echo "make demo          local stack + worker + simulated agents, live rollups and alerts"
 	@echo "make test          every test, the integration ones against the real Kafka and Redis"
 	@echo "make lint          ruff check, ruff format --check, mypy"
@@ -34,7 +35,13 @@ $(PIP_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
-install: $(PIP_STAMP)
+TS_CLIENT := clients/typescript
+TS_STAMP := $(TS_CLIENT)/node_modules/.package-lock.json
+
+$(TS_STAMP): $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+
+install: $(PIP_STAMP) $(TS_STAMP)
 	$(BIN)/usage-stream stack install
 
 demo: install
