@@ -25,6 +25,7 @@ from usage_client.errors import (
     UsageApiError,
     UsageRecorderError,
 )
+from usage_client.http_transport import HttpUsageRecorder, IngestResult, post_entries
 from usage_client.ids import new_id, uuid7, uuid7_time_ms
 from usage_client.reader import EntriesPage, UsageReader
 from usage_client.recorder import RecorderStats, UsageRecorder
@@ -33,6 +34,8 @@ from usage_client.run import MetricDefinition, RunHandle, ToolTimer
 __all__ = [
     "EntriesPage",
     "EntryValidationError",
+    "HttpUsageRecorder",
+    "IngestResult",
     "MetricDefinition",
     "RecorderStats",
     "RunHandle",
@@ -49,6 +52,7 @@ __all__ = [
     "from_openai_chat",
     "from_openai_responses",
     "new_id",
+    "post_entries",
     "to_token_usage",
     "uuid7",
     "uuid7_time_ms",

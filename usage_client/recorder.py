@@ -35,9 +35,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber, ProducerFenced
 
 from schemas.entry import DEFAULT_MAX_BYTES
-from usage_client.errors import EntryValidationError, UsageRecorderError
-from usage_client.ids import new_id
-from usage_client.run import MetricDefinition, RunHandle
+from usage_client.base import RecorderBase
+from usage_client.errors import UsageRecorderError
 from usage_client.validation import encode_entry
 
 __all__ = ["RecorderStats", "UsageRecorder"]
@@ -117,7 +116,7 @@ async def _abort_producer(producer: _Producer, timeout: float = 5.0) -> None:
         await asyncio.wait_for(producer.stop(), timeout)
 
 
-class UsageRecorder:
+class UsageRecorder(RecorderBase):
     """Async context manager publishing usage entries to Kafka.
 
     ``async with UsageRecorder("localhost:9092", user_id="u1") as rec:``
@@ -154,21 +153,21 @@ class UsageRecorder:
         ):
             if not value > 0:
                 raise ValueError(f"{name}: must be > 0")
-        if not user_id:
-            raise ValueError("userId: must be a non-empty string")
+        super().__init__(
+            user_id=user_id,
+            tenant_id=tenant_id,
+            agent_name=agent_name,
+            thread_id=thread_id,
+            strict_metrics=strict_metrics,
+        )
         self.bootstrap_servers = (
             bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
         )
         self.topic = topic
-        self.user_id = user_id
-        self.tenant_id = tenant_id
-        self.agent_name = agent_name
-        self.thread_id = thread_id
         self.max_buffer = max_buffer
         self.start_timeout_s = start_timeout_s
         self.delivery_timeout_s = delivery_timeout_s
         self.max_entry_bytes = max_entry_bytes
-        self.strict_metrics = strict_metrics
         self._retry_backoff_s = retry_backoff_ms / 1000
         self._request_timeout_s = request_timeout_ms / 1000
         options: dict[str, Any] = {
@@ -186,7 +185,6 @@ class UsageRecorder:
         self._factory: ProducerFactory = producer_factory or functools.partial(
             AIOKafkaProducer, **options
         )
-        self._metrics: dict[str, MetricDefinition] = {}
         self._state: Literal["new", "starting", "running", "closed"] = "new"
         self._producer: _Producer | None = None
         self._producer_ready = asyncio.Event()
@@ -296,50 +294,6 @@ class UsageRecorder:
             await self.close()
         except UsageRecorderError as close_error:
             log.error("usage entries lost while handling another error: %s", close_error)
-
-    # --- runs and metrics ------------------------------------------------------------------
-
-    def run(
-        self,
-        run_id: str | None = None,
-        *,
-        agent_name: str | None = None,
-        thread_id: str | None = None,
-        parent_run_id: str | None = None,
-        user_id: str | None = None,
-        tenant_id: str | None = None,
-    ) -> RunHandle:
-        """A handle for one run; a UUIDv7 run id is generated when ``run_id`` is None."""
-        return RunHandle(
-            self,
-            run_id=run_id or new_id(),
-            user_id=user_id or self.user_id,
-            tenant_id=tenant_id or self.tenant_id,
-            agent_name=agent_name or self.agent_name,
-            thread_id=thread_id or self.thread_id,
-            parent_run_id=parent_run_id,
-        )
-
-    def define_metric(self, type: str, description: str) -> MetricDefinition:
-        """Declare a custom metric type (e.g. ``api_calls``) with a description. With
-        ``strict_metrics=True`` only declared types may be recorded."""
-        if not isinstance(type, str) or not 1 <= len(type) <= 200:
-            raise EntryValidationError("schema", "must be a string of 1..200 characters", "type")
-        definition = MetricDefinition(type, description)
-        self._metrics[type] = definition
-        return definition
-
-    @property
-    def metrics(self) -> Mapping[str, MetricDefinition]:
-        return dict(self._metrics)
-
-    def _metric_type(self, metric: str | MetricDefinition) -> str:
-        name = metric.type if isinstance(metric, MetricDefinition) else metric
-        if self.strict_metrics and name not in self._metrics:
-            raise EntryValidationError(
-                "schema", f"metric {name!r} is not defined; call define_metric() first", "type"
-            )
-        return name
 
     @property
     def stats(self) -> RecorderStats:

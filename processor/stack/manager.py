@@ -85,12 +85,16 @@ class LocalStack:
             assert info is not None
             return info
 
-    def down(self) -> None:
-        """Stop the processes this stack recorded (SIGTERM, then SIGKILL); keep the data."""
+    def down(self, services: tuple[str, ...] = ("kafka", "redis")) -> None:
+        """Stop the processes this stack recorded (SIGTERM, then SIGKILL); keep the data.
+
+        ``services`` narrows it, e.g. ``("kafka",)`` to take only the broker away; the next
+        ``up()`` starts it again on its recorded port.
+        """
         with self._lock():
             state = load_state(self.stack_dir)
             for name, service in (("kafka", state.kafka), ("redis", state.redis)):
-                if service is None or service.process is None:
+                if name not in services or service is None or service.process is None:
                     continue
                 record = service.process
                 if stop(record, timeout=self.stop_timeout, proc=self._procs.pop(record.pid, None)):

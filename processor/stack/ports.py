@@ -13,6 +13,9 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     if not 0 < port < 65536:
         return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as the servers bind: a port whose old connections sit in TIME_WAIT after a
+        # restart is free for them, and a restarted Kafka must come back where it was
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,9 @@ from anthropic.types import Usage as AnthropicUsage
 from openai.types import CompletionUsage
 from openai.types.completion_usage import CompletionTokensDetails, PromptTokensDetails
 
-import processor.stack.manager as stack_manager
 from processor.settings import Settings
 from processor.stack import LocalStack, StackInfo
 from processor.stack.ports import pick_port
-from processor.stack.process import stop
-from processor.stack.state import load_state, save_state
 from tests.integration.harness import (
     WorkerProcess,
     build_settings,
@@ -32,6 +28,7 @@ from tests.integration.harness import (
     wait_for,
 )
 from usage_client import (
+    HttpUsageRecorder,
     RunNotFoundError,
     TokenUsage,
     UsageReader,
@@ -40,9 +37,13 @@ from usage_client import (
 )
 
 TOKEN_FIELDS = ("prompt", "completion", "reasoning", "cached", "cacheWrite")
+#: How long the broker stays down in the outage test (entries are recorded throughout).
+OUTAGE_S = 15.0
 
 
-async def rollup_with(reader: UsageReader, run_id: str, entry_count: int, timeout: float = 60):
+async def rollup_with(
+    reader: UsageReader, run_id: str, entry_count: int, timeout: float = 60
+) -> dict[str, Any]:
     """Poll the run's rollup until it holds ``entry_count`` entries; return it."""
 
     async def probe() -> dict[str, Any] | None:
@@ -52,7 +53,11 @@ async def rollup_with(reader: UsageReader, run_id: str, entry_count: int, timeou
             return None
         return body if body["entryCount"] >= entry_count else None
 
-    return await wait_for(probe, timeout=timeout, interval=0.2, message=f"rollup of {run_id}")
+    body: dict[str, Any] | None = await wait_for(
+        probe, timeout=timeout, interval=0.2, message=f"rollup of {run_id}"
+    )
+    assert body is not None
+    return body
 
 
 # --- (a) every kind of entry reaches the rollup -----------------------------------------
@@ -146,13 +151,31 @@ async def test_recorded_entries_arrive_in_the_rollup(settings: Settings, tmp_pat
         assert {e["parentRunId"] for e in child_entries.entries} == {run.run_id}
 
 
+async def test_http_recorder_entries_arrive_in_the_rollup(
+    settings: Settings, tmp_path: Path
+) -> None:
+    await create_topics(settings)
+    async with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+        async with HttpUsageRecorder(worker.url, user_id="user-http", batch_size=2) as rec:
+            run = rec.run()
+            await run.record_tokens("gpt-4o-mini", prompt=100, completion=20, cached=40)
+            await run.record_tool("fetch", duration_ms=3)
+            await run.record_custom("api_calls", "tavily", 1)
+        assert rec.accepted == 3
+        rollup = await rollup_with(UsageReader(worker.url), run.run_id, 3)
+        assert rollup["entryCount"] == 3
+        assert rollup["tokens"]["total"] == 120 and rollup["tokens"]["cached"] == 40
+
+
 # --- (b) broker unreachable at start ----------------------------------------------------
 
 
 async def test_broker_down_at_start_is_a_clear_error_within_the_timeout() -> None:
     port = pick_port()  # free: nothing listens there
     recorder = UsageRecorder(f"127.0.0.1:{port}", user_id="u", start_timeout_s=3)
-    with pytest.raises(UsageRecorderError, match=rf"cannot connect to Kafka at 127\.0\.0\.1:{port}"):
+    with pytest.raises(
+        UsageRecorderError, match=rf"cannot connect to Kafka at 127\.0\.0\.1:{port}"
+    ):
         await asyncio.wait_for(recorder.__aenter__(), timeout=3 + 10)
     with pytest.raises(UsageRecorderError):
         await recorder.run().record_tokens("m", prompt=1)
@@ -175,22 +198,6 @@ async def test_broker_that_never_answers_times_out_at_start() -> None:
 # --- (c) broker down mid-run and back ---------------------------------------------------
 
 
-def _port_is_free_reusing_address(port: int, host: str = "127.0.0.1") -> bool:
-    """Like ``ports.port_is_free`` but with SO_REUSEADDR, as Kafka binds: a port whose only
-    sockets are connections in TIME_WAIT (left by the broker we just stopped) is free."""
-    if not 0 < port < 65536:
-        return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex((host, port)) != 0
-
-
 @dataclass
 class OwnStack:
     local: LocalStack
@@ -198,20 +205,13 @@ class OwnStack:
 
     def stop_kafka(self) -> None:
         """Stop only the Kafka broker of this stack (Redis and its data stay)."""
-        state = load_state(self.local.stack_dir)
-        assert state.kafka is not None and state.kafka.process is not None
-        record = state.kafka.process
-        procs: dict[int, Any] = getattr(self.local, "_procs", {})
-        stop(record, timeout=30, proc=procs.pop(record.pid, None))
-        state.kafka.process = None
-        save_state(self.local.stack_dir, state)
+        self.local.down(services=("kafka",))
 
 
 @pytest.fixture
-def own_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OwnStack]:
-    # The restarted broker must come back on the same port: the recorder's bootstrap
-    # address is fixed. LocalStack reuses a recorded port when free; count TIME_WAIT as free.
-    monkeypatch.setattr(stack_manager, "port_is_free", _port_is_free_reusing_address)
+def own_stack(tmp_path: Path) -> Iterator[OwnStack]:
+    # The restarted broker must come back on the same port (the recorder's bootstrap
+    # address is fixed): LocalStack reuses a recorded port when free.
     defaults = build_settings()
     stack_settings = build_settings(
         stack_dir=tmp_path / "own-stack",
@@ -240,8 +240,10 @@ async def test_broker_down_mid_run_and_back_loses_and_duplicates_nothing(
     runs = [f"outage-run-{i}" for i in range(4)]
     expected: dict[str, list[TokenUsage]] = {r: [] for r in runs}
 
-    async def record_batch(rec: UsageRecorder, handles: dict[str, Any], batch: int) -> None:
+    async def record_batch(handles: dict[str, Any], batch: int, pause_s: float = 0.0) -> None:
         for i in range(10):
+            if pause_s:
+                await asyncio.sleep(pause_s)  # pacing: keeps the broker down that long
             run_id = runs[i % len(runs)]
             usage = TokenUsage(
                 prompt=1000 * batch + 10 * i + 7,
@@ -263,18 +265,19 @@ async def test_broker_down_mid_run_and_back_loses_and_duplicates_nothing(
             delivery_timeout_s=180,
         ) as rec:
             handles = {r: rec.run(r) for r in runs}
-            await record_batch(rec, handles, 1)
+            await record_batch(handles, 1)
             await rec.flush()
             assert rec.stats.delivered == 10
 
             await asyncio.to_thread(own_stack.stop_kafka)
-            await record_batch(rec, handles, 2)  # buffered: nothing can be acknowledged now
+            # buffered while the broker is down: nothing can be acknowledged meanwhile
+            await record_batch(handles, 2, pause_s=OUTAGE_S / 10)
             assert rec.stats.pending == 10
             assert rec.stats.delivered == 10
 
             info = await asyncio.to_thread(own_stack.local.up)
             assert info.kafka_bootstrap == settings.kafka_bootstrap
-            await record_batch(rec, handles, 3)
+            await record_batch(handles, 3)
         # leaving the context flushed everything without error
         assert rec.stats.delivered == 30 and rec.stats.failed == 0 and rec.stats.pending == 0
 

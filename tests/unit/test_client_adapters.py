@@ -86,7 +86,9 @@ def test_openai_chat_without_details_and_none_fields() -> None:
     assert from_openai_chat(details) == TokenUsage(prompt=10, completion=2)
 
 
-@given(prompt=counts, cached_share=st.floats(0, 1), completion=counts, reasoning_share=st.floats(0, 1))
+@given(
+    prompt=counts, cached_share=st.floats(0, 1), completion=counts, reasoning_share=st.floats(0, 1)
+)
 def test_openai_chat_invariants(
     prompt: int, cached_share: float, completion: int, reasoning_share: float
 ) -> None:
@@ -172,7 +174,10 @@ def test_anthropic_none_cache_fields_and_thinking() -> None:
 
 def test_anthropic_message_delta_usage() -> None:
     usage = MessageDeltaUsage(
-        output_tokens=25, input_tokens=None, cache_read_input_tokens=7, cache_creation_input_tokens=None
+        output_tokens=25,
+        input_tokens=None,
+        cache_read_input_tokens=7,
+        cache_creation_input_tokens=None,
     )
     assert from_anthropic(usage) == TokenUsage(prompt=7, completion=25, cached=7)
 
@@ -290,7 +295,11 @@ def test_ai_sdk_v5_undefined_fields() -> None:
 def test_ai_sdk_v6_details() -> None:
     usage = {
         "inputTokens": 4250,
-        "inputTokenDetails": {"noCacheTokens": 50, "cacheReadTokens": 3000, "cacheWriteTokens": 1200},
+        "inputTokenDetails": {
+            "noCacheTokens": 50,
+            "cacheReadTokens": 3000,
+            "cacheWriteTokens": 1200,
+        },
         "outputTokens": 400,
         "outputTokenDetails": {"textTokens": 100, "reasoningTokens": 300},
         "totalTokens": 4650,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from usage_client import ids
-from usage_client.ids import new_id, uuid7, uuid7_time_ms
+from usage_client.ids import UUIDv7Generator, new_id, uuid7, uuid7_time_ms
 
 
 def test_format_version_and_variant() -> None:
@@ -38,23 +38,31 @@ def test_unique_and_strictly_increasing() -> None:
     assert as_uuids == sorted(as_uuids)
 
 
-def test_order_survives_counter_overflow_within_one_millisecond(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    frozen = time.time_ns() + 10**12  # a millisecond no earlier id used
-    monkeypatch.setattr(ids.time, "time_ns", lambda: frozen)
-    made = [new_id() for _ in range(10_000)]  # more than the 12-bit counter holds
+def test_order_survives_counter_overflow_within_one_millisecond() -> None:
+    frozen = time.time_ns()
+    gen = UUIDv7Generator(clock=lambda: frozen)
+    made = [gen.new_id() for _ in range(10_000)]  # more than the 12-bit counter holds
     assert made == sorted(made)
     assert len(set(made)) == len(made)
     first_ms = uuid7_time_ms(made[0])
     assert first_ms == frozen // 1_000_000
-    assert uuid7_time_ms(made[-1]) > first_ms  # advanced past the frozen millisecond
+    assert uuid7_time_ms(made[-1]) > first_ms  # carried past the frozen millisecond
 
 
-def test_clock_going_backwards_keeps_the_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = time.time_ns() + 2 * 10**12
-    monkeypatch.setattr(ids.time, "time_ns", lambda: base)
-    first = new_id()
-    monkeypatch.setattr(ids.time, "time_ns", lambda: base - 5 * 10**9)
-    second = new_id()
+def test_clock_going_backwards_keeps_the_order() -> None:
+    now = [time.time_ns()]
+    gen = UUIDv7Generator(clock=lambda: now[0])
+    first = gen.new_id()
+    now[0] -= 5 * 10**9
+    second = gen.new_id()
     assert second > first
+    assert uuid7_time_ms(second) == uuid7_time_ms(first)  # carried forward, not back
+
+
+def test_threads_get_unique_ids() -> None:
+    gen = UUIDv7Generator()
+    with ThreadPoolExecutor(8) as pool:
+        chunks = list(pool.map(lambda _: [gen.new_id() for _ in range(2000)], range(8)))
+    made = [i for chunk in chunks for i in chunk]
+    assert len(set(made)) == len(made)
+    assert all(chunk == sorted(chunk) for chunk in chunks)

@@ -60,7 +60,10 @@ async def test_generated_run_ids_are_unique() -> None:
 @pytest.mark.parametrize(
     ("call", "field"),
     [
-        (lambda run: run.record_tokens("m", prompt=1, completion=1, reasoning=5), "tokens.reasoning"),
+        (
+            lambda run: run.record_tokens("m", prompt=1, completion=1, reasoning=5),
+            "tokens.reasoning",
+        ),
         (lambda run: run.record_tokens("m", prompt=1, cached=2), "tokens.cached"),
         (lambda run: run.record_tokens("m", prompt=1, completion=1, total=3), "tokens.total"),
         (lambda run: run.record_tokens("m"), "tokens"),
