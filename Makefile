@@ -11,7 +11,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_STAMP := $(VENV)/.pip-installed
 PYTEST_FLAGS ?= -p no:cacheprovider
-MYPY_TARGETS ?= processor schemas
+MYPY_TARGETS ?= processor schemas usage_client
+PY_SOURCES := processor schemas usage_client tests tools
 
 .PHONY: help install demo test unit integration lint format bench schemas stack-up stack-down \
         stack-status stack-env clean
@@ -58,13 +59,13 @@ integration: install
 	$(BIN)/pytest $(PYTEST_FLAGS) -m integration
 
 lint: $(PIP_STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy $(MYPY_TARGETS)
 
 format: $(PIP_STAMP)
-	$(BIN)/ruff check --fix .
-	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix $(PY_SOURCES)
+	$(BIN)/ruff format $(PY_SOURCES)
 
 bench: install
 	$(BIN)/usage-stream bench

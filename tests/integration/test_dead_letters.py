@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis.asyncio as aioredis
 
 from processor.consumer import ingest_group_id
