@@ -54,6 +54,7 @@ class IngestConsumer(Service):  # type: ignore[misc]
         self._consumer: AIOKafkaConsumer | None = None
         self._inflight: _InFlight | None = None
         self.assigned: set[TopicPartition] = set()
+        self._committed: dict[TopicPartition, int] = {}
         self.joined = asyncio.Event()
 
     async def on_start(self) -> None:
@@ -117,7 +118,9 @@ class IngestConsumer(Service):  # type: ignore[misc]
             t0 = time.perf_counter()
             prepared = self._pipeline.prepare(messages)
             t1 = time.perf_counter()
-            await self._drain()
+            previous = self._inflight
+            if previous is not None:
+                await previous.task
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "batch of %d: prepared in %.1f ms, waited %.1f ms for the previous apply",
@@ -125,8 +128,12 @@ class IngestConsumer(Service):  # type: ignore[misc]
                     (t1 - t0) * 1000,
                     (time.perf_counter() - t1) * 1000,
                 )
+            # Start this batch before committing the previous one: the commit's round trip
+            # to Kafka then overlaps the Redis call instead of delaying it.
             task = asyncio.create_task(self._apply_until_done(prepared))
             self._inflight = _InFlight(task, offsets)
+            if previous is not None:
+                await self._commit(previous.offsets)
 
     async def _drain(self) -> None:
         """Wait for the batch in flight, then commit its offsets.
@@ -143,12 +150,19 @@ class IngestConsumer(Service):  # type: ignore[misc]
             await self._commit(inflight.offsets)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit offsets of applied batches; never moves a partition's offset backwards
+        (the fetch loop and the rebalance listener may commit in either order)."""
         assert self._consumer is not None
-        owned = {tp: o for tp, o in offsets.items() if tp in self.assigned}
+        owned = {
+            tp: o
+            for tp, o in offsets.items()
+            if tp in self.assigned and o > self._committed.get(tp, -1)
+        }
         if not owned:
             return
         try:
             await self._consumer.commit(owned)
+            self._committed.update(owned)
         except (CommitFailedError, KafkaError) as exc:
             # The group moved on (rebalance); the new owner re-reads from the last commit
             # and the idempotent apply turns the overlap into duplicates, not double counts.
@@ -176,6 +190,9 @@ class IngestConsumer(Service):  # type: ignore[misc]
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         await self._drain()
         self.assigned -= revoked
+        for tp in revoked:
+            # a partition assigned again later starts from the group's committed offset
+            self._committed.pop(tp, None)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.assigned |= assigned

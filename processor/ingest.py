@@ -20,7 +20,7 @@ from processor.domain.pricing import PriceCatalog
 from processor.domain.rollup import AcceptedEntry
 from processor.metrics import UsageMetrics
 from processor.settings import Settings
-from processor.store.runs import RunStore
+from processor.store.runs import ApplyPlan, RunStore
 from schemas.deadletter import build_dead_letter, fit_dead_letter
 from schemas.entry import parse_entry
 from schemas.errors import EntryRejected
@@ -66,6 +66,7 @@ class BatchOutcome:
 @dataclass(slots=True)
 class PreparedBatch:
     now_ms: int
+    plan: ApplyPlan | None = None
     valid: list[AcceptedEntry] = field(default_factory=list)
     letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     rejected_reasons: Counter[str] = field(default_factory=Counter)
@@ -110,6 +111,8 @@ class IngestPipeline:
             except EntryRejected as err:
                 batch.rejected_reasons[err.code] += 1
                 batch.letters.append((m.key, self._dead_letter(m, raw, err, now)))
+        if batch.valid:
+            batch.plan = self._runs.plan(batch.valid)
         return batch
 
     @staticmethod
@@ -132,8 +135,8 @@ class IngestPipeline:
         outcome = BatchOutcome()
         letters = list(batch.letters)
         reasons = Counter(batch.rejected_reasons)
-        if batch.valid:
-            applied = await self._runs.apply(batch.valid)
+        if batch.plan is not None:
+            applied = await self._runs.execute(batch.plan)
             outcome.accepted = applied.accepted
             outcome.duplicates = applied.duplicates
             for entry, counter in applied.overflowed:

@@ -137,14 +137,22 @@ class AcceptedEntry:
 
 @dataclass(slots=True)
 class RunDelta:
-    """Everything a batch changes in one run: applied atomically with its entries' dedup marks."""
+    """Everything a batch changes in one run: applied atomically with its entries' dedup marks.
+
+    Sums are kept per model and per tool in small lists while folding (the hot loop) and
+    turned into counter fields once per run by ``incr``.
+    """
 
     tenant_id: str
     run_id: str
     user_id: str
     agent_name: str | None
     entry_ids: list[str] = field(default_factory=list)
-    incr: dict[str, int] = field(default_factory=dict)
+    count: int = 0
+    #: model -> [prompt, completion, reasoning, cached, cacheWrite, total, cost pico]
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    #: (kind, name) -> [calls, successful, failed, duration us]
+    calls: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     fincr: dict[str, float] = field(default_factory=dict)
     min_ts: int = 0
     max_ts: int = 0
@@ -164,29 +172,53 @@ class RunDelta:
         self.entries.append((e.entry_id, ts, e.wire_json))
         if self.agent_name is None:
             self.agent_name = e.agent_name
-        incr = self.incr
-        incr[F_COUNT] = incr.get(F_COUNT, 0) + 1
-        if e.kind == "tokens":
-            assert e.model is not None and e.tokens is not None
-            fields = _token_fields(e.model)
-            for f, value in zip(fields, e.tokens.as_tuple(), strict=False):
-                if value:
-                    incr[f] = incr.get(f, 0) + value
-            f = fields[6]
-            incr[f] = incr.get(f, 0) + e.cost_pico
-        elif e.kind == "tool" or e.kind == "subagent":
+        self.count += 1
+        kind = e.kind
+        if kind == "tokens":
+            t = e.tokens
+            assert e.model is not None and t is not None
+            sums = self.tokens.get(e.model)
+            if sums is None:
+                sums = self.tokens[e.model] = [0, 0, 0, 0, 0, 0, 0]
+            sums[0] += t.prompt
+            sums[1] += t.completion
+            sums[2] += t.reasoning
+            sums[3] += t.cached
+            sums[4] += t.cache_write
+            sums[5] += t.total
+            sums[6] += e.cost_pico
+        elif kind == "tool" or kind == "subagent":
             assert e.call_name is not None
-            calls, ok, fail, us = _call_fields(e.kind, e.call_name)
-            outcome = ok if e.success else fail
-            incr[calls] = incr.get(calls, 0) + 1
-            incr[outcome] = incr.get(outcome, 0) + 1
-            incr[us] = incr.get(us, 0) + e.duration_us
+            key = (kind, e.call_name)
+            stats = self.calls.get(key)
+            if stats is None:
+                stats = self.calls[key] = [0, 0, 0, 0]
+            stats[0] += 1
+            stats[1 if e.success else 2] += 1
+            stats[3] += e.duration_us
             if e.child_run_id is not None:
                 self.children.add(e.child_run_id)
-        elif e.kind == "custom":
+        elif kind == "custom":
             assert e.custom_type is not None and e.custom_name is not None
             f = field_name(T_CUSTOM, e.custom_type, e.custom_name)
             self.fincr[f] = self.fincr.get(f, 0.0) + e.custom_value
+
+    @property
+    def incr(self) -> dict[str, int]:
+        """The integer counter increments of the run hash (zero ones left out)."""
+        out: dict[str, int] = {F_COUNT: self.count}
+        for model, sums in self.tokens.items():
+            fields = _token_fields(model)
+            for f, value in zip(fields, sums, strict=True):
+                if value:
+                    out[f] = value
+            # written even when 0, so a model used with no tokens and no cost still shows
+            out[fields[6]] = sums[6]
+        for (kind, name), stats in self.calls.items():
+            for f, value in zip(_call_fields(kind, name), stats, strict=True):
+                if value:
+                    out[f] = value
+        return out
 
 
 @lru_cache(maxsize=16384)

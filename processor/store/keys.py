@@ -8,7 +8,8 @@ tenant ``t:user:bob`` stay in their own keys.
 
 Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 
-- ``p:seen:t:<entryId>``        string, TTL dedup retention: the entry id was applied
+- ``p:seen:t:<generation>``     hash: entry id -> 1 for ids applied in that generation
+                                (``now // dedup retention``); expires after the next one
 - ``p:run:t:<runId>``           hash: the run's own rollup counters (see domain.rollup)
 - ``p:runkids:t:<runId>``       set: sub-agent run ids referenced by the run
 - ``p:runentries:t:<runId>``    hash: entry id -> accepted entry JSON (TTL retention)
@@ -39,13 +40,8 @@ def part(value: str) -> str:
 class Keys:
     prefix: str
 
-    def seen_prefix(self, tenant: str) -> str:
-        """Prefix of dedup marks; the Lua script appends the (unescaped) entry id, which
-        is the last part, so it needs no escaping."""
-        return f"{self.prefix}:seen:{part(tenant)}:"
-
-    def seen(self, tenant: str, entry_id: str) -> str:
-        return self.seen_prefix(tenant) + entry_id
+    def seen(self, tenant: str, generation: int) -> str:
+        return f"{self.prefix}:seen:{part(tenant)}:{generation}"
 
     def run(self, tenant: str, run_id: str) -> str:
         return f"{self.prefix}:run:{part(tenant)}:{part(run_id)}"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -36,6 +37,15 @@ class ApplyResult:
     overflowed: list[tuple[AcceptedEntry, str]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class ApplyPlan:
+    """A batch folded per run with the script arguments encoded, ready to execute."""
+
+    pending: list[tuple[list[AcceptedEntry], RunDelta]]
+    args: list[Any]
+    repeats: list[AcceptedEntry]
+
+
 class RunStore:
     def __init__(
         self,
@@ -44,45 +54,38 @@ class RunStore:
         *,
         dedup_ttl_s: int,
         entry_ttl_s: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._dedup_ttl_s = dedup_ttl_s
         self._entry_ttl_s = entry_ttl_s
+        self._clock = clock
         self._apply_script = redis.register_script(_APPLY_LUA)
 
     # --- write side ---------------------------------------------------------------------
 
     async def apply(self, entries: Sequence[AcceptedEntry]) -> ApplyResult:
         """Apply a batch exactly once per entry id; returns what was new and what was not."""
-        groups, repeats = group_by_run(entries)
-        result = ApplyResult(duplicates=repeats)
+        return await self.execute(self.plan(entries))
 
-        pending: list[tuple[list[AcceptedEntry], RunDelta]] = [
-            (members, fold_run(members)) for members in groups.values()
-        ]
+    def plan(self, entries: Sequence[AcceptedEntry]) -> ApplyPlan:
+        """The CPU part of ``apply``: fold per run and encode the script's arguments.
+
+        Separate so a caller can do it while Redis still works on the previous batch.
+        """
+        groups, repeats = group_by_run(entries)
+        pending = [(members, fold_run(members)) for members in groups.values()]
+        return ApplyPlan(pending, self._encode(pending), repeats)
+
+    async def execute(self, plan: ApplyPlan) -> ApplyResult:
+        """The I/O part of ``apply``: one script call, more only for groups to re-fold."""
+        result = ApplyResult(duplicates=list(plan.repeats))
+        pending, args = plan.pending, plan.args
         for _ in range(_MAX_ROUNDS):
             if not pending:
                 return result
-            bodies: list[str | bytes] = []
-            fields: dict[str, int] = {}
-            payload_groups = [self._group_payload(d, bodies, fields) for _, d in pending]
-            raw = await self._apply_script(
-                keys=[],
-                args=[
-                    msgpack.packb(
-                        {
-                            "stats": self._keys.stats(),
-                            "fields": list(fields),
-                            "groups": payload_groups,
-                        }
-                    ),
-                    self._dedup_ttl_s,
-                    self._entry_ttl_s,
-                    *bodies,
-                ],
-            )
-            outcomes = _decode_results(raw)
+            outcomes = _decode_results(await self._apply_script(keys=[], args=args))
             retry: list[tuple[list[AcceptedEntry], RunDelta]] = []
             for index, (members, _) in enumerate(pending):
                 outcome = outcomes.get(index)
@@ -100,10 +103,42 @@ class RunStore:
                     if rest:
                         retry.append((rest, fold_run(rest)))
             pending = retry
+            args = self._encode(pending)
         raise RuntimeError("could not apply batch: entry ids kept conflicting")
 
+    def _encode(self, pending: list[tuple[list[AcceptedEntry], RunDelta]]) -> list[Any]:
+        bodies: list[str | bytes] = []
+        fields: dict[str, int] = {}
+        tenants: dict[str, int] = {}
+        groups = [self._group_payload(d, bodies, fields, tenants) for _, d in pending]
+        generation, expire_at = self._dedup_generation()
+        header = {
+            "stats": self._keys.stats(),
+            "fields": list(fields),
+            "seen": [
+                [self._keys.seen(t, generation), self._keys.seen(t, generation - 1)]
+                for t in tenants
+            ],
+            "groups": groups,
+        }
+        return [msgpack.packb(header), expire_at, self._entry_ttl_s, *bodies]
+
+    def _dedup_generation(self) -> tuple[int, int]:
+        """The current dedup generation and when its hash may expire (unix seconds).
+
+        An id is looked up in the current and the previous generation, so it is remembered
+        for at least one full retention period and at most two.
+        """
+        now = int(self._clock())
+        generation = now // self._dedup_ttl_s
+        return generation, (generation + 2) * self._dedup_ttl_s
+
     def _group_payload(
-        self, d: RunDelta, bodies: list[str | bytes], fields: dict[str, int]
+        self,
+        d: RunDelta,
+        bodies: list[str | bytes],
+        fields: dict[str, int],
+        tenants: dict[str, int],
     ) -> list[Any]:
         """One group of the Lua payload.
 
@@ -117,7 +152,7 @@ class RunStore:
         bodies.extend(body for _, _, body in d.entries)
         # positional, in the order apply_batch.lua unpacks it (maps cost more to decode)
         return [
-            k.seen_prefix(t),
+            _intern(tenants, t),
             d.entry_ids,
             body_at,
             k.run(t, d.run_id),

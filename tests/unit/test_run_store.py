@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from redis.asyncio import Redis
 
 from processor.store.keys import Keys
@@ -91,5 +93,21 @@ async def test_an_overflowing_entry_is_reported_and_nothing_of_it_written(
     after = await redis.hgetall(Keys(store._keys.prefix).run("default", "r"))
     assert after["c|m"] == before["c|m"]
     assert int(after["n"]) == 10
-    # the rejected entry's id was not claimed: once the counter has room it can apply
-    assert not await redis.exists(Keys(store._keys.prefix).seen("default", "too-much"))
+    # the rejected entry's id was not marked applied (the applied ones were)
+    generation, _ = store._dedup_generation()
+    seen = Keys(store._keys.prefix).seen("default", generation)
+    assert await redis.hexists(seen, "fine")  # type: ignore[misc]
+    assert not await redis.hexists(seen, "too-much")  # type: ignore[misc]
+
+
+async def test_ids_are_remembered_across_one_generation_boundary(redis: Redis, prefix: str) -> None:
+    # real epoch seconds: Redis expires the generation hashes by its own clock
+    start = (time.time() // 100) * 100 + 10
+    now = [start]
+    store = RunStore(redis, Keys(prefix), dedup_ttl_s=100, entry_ttl_s=1000, clock=lambda: now[0])
+    entry = tokens("r", T0, "m", 1, 1, 1, id="once")
+    assert len((await store.apply([entry])).accepted) == 1
+    now[0] = start + 189  # the next generation: the previous one is still consulted
+    assert len((await store.apply([entry])).duplicates) == 1
+    generation, expire_at = store._dedup_generation()
+    assert (generation, expire_at) == (start // 100 + 1, (start // 100 + 3) * 100)
