@@ -27,6 +27,8 @@ from schemas.errors import EntryRejected
 
 log = logging.getLogger(__name__)
 
+_TOKEN_METRIC_TYPES = ("prompt", "completion", "reasoning", "cached", "cache_write")
+
 DeadLetterPublisher = Callable[[list[tuple[bytes | None, bytes]]], Awaitable[None]]
 
 
@@ -169,44 +171,43 @@ class IngestPipeline:
         for kind, n in Counter(e.kind for e in outcome.duplicates).items():
             m.entry(kind, "duplicate", n)
         kinds: Counter[str] = Counter()
-        tokens: Counter[tuple[str, str | None, str]] = Counter()
-        cost: Counter[tuple[str, str | None]] = Counter()
-        unpriced: Counter[str] = Counter()
+        # (model, provider) -> [prompt, completion, reasoning, cached, cache_write, cost, unpriced]
+        per_model: dict[tuple[str, str | None], list[int]] = {}
         subagents: Counter[tuple[str, bool]] = Counter()
         tools: dict[str, tuple[list[int], list[float]]] = {}
         custom: Counter[str] = Counter()
         for e in outcome.accepted:
-            kinds[e.kind] += 1
-            if e.kind == "tokens" and e.tokens is not None and e.model is not None:
+            kind = e.kind
+            kinds[kind] += 1
+            if kind == "tokens":
                 t = e.tokens
-                for name, value in (
-                    ("prompt", t.prompt),
-                    ("completion", t.completion),
-                    ("reasoning", t.reasoning),
-                    ("cached", t.cached),
-                    ("cache_write", t.cache_write),
-                ):
-                    if value:
-                        tokens[(e.model, e.provider, name)] += value
-                cost[(e.model, e.provider)] += e.cost_pico
+                assert t is not None and e.model is not None
+                sums = per_model.get((e.model, e.provider))
+                if sums is None:
+                    sums = per_model[(e.model, e.provider)] = [0, 0, 0, 0, 0, 0, 0]
+                sums[0] += t.prompt
+                sums[1] += t.completion
+                sums[2] += t.reasoning
+                sums[3] += t.cached
+                sums[4] += t.cache_write
+                sums[5] += e.cost_pico
                 if not e.priced:
-                    unpriced[e.model] += t.total
-            elif e.kind == "tool" and e.call_name is not None:
+                    sums[6] += t.total
+            elif kind == "tool" and e.call_name is not None:
                 outcomes, durations = tools.setdefault(e.call_name, ([0, 0], []))
                 outcomes[0 if e.success else 1] += 1
                 durations.append(e.duration_us / 1000)
-            elif e.kind == "subagent" and e.call_name is not None:
+            elif kind == "subagent" and e.call_name is not None:
                 subagents[(e.call_name, e.success)] += 1
-            elif e.kind == "custom" and e.custom_type is not None:
+            elif kind == "custom" and e.custom_type is not None:
                 custom[e.custom_type] += 1
         for kind, n in kinds.items():
             m.entry(kind, "accepted", n)
-        for (model, provider, ttype), n in tokens.items():
-            m.tokens(model, provider, ttype, n)
-        for (model, provider), pico in cost.items():
-            m.cost(model, provider, pico)
-        for model, n in unpriced.items():
-            m.unpriced(model, n)
+        for (model, provider), sums in per_model.items():
+            for ttype, n in zip(_TOKEN_METRIC_TYPES, sums, strict=False):
+                m.tokens(model, provider, ttype, n)
+            m.cost(model, provider, sums[5])
+            m.unpriced(model, sums[6])
         for tool, ((ok_calls, failed_calls), durations) in tools.items():
             m.tool_calls_batch(tool, ok_calls, failed_calls, durations)
         for (stype, ok), n in subagents.items():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any, cast
+
 from processor.domain.money import format_usd, parse_usd
 from processor.domain.pricing import PriceCatalog
 from processor.domain.rollup import AcceptedEntry, TokenCounts, duration_to_us
@@ -14,15 +17,29 @@ from schemas.entry import (
     effective_total,
 )
 
+COST_SEPARATOR = b"\x00"
 
-def with_cost(raw_json: bytes, cost_usd: str) -> bytes:
-    """The entry as received plus ``costUsd``, without re-encoding what the producer sent.
 
-    ``raw_json`` is a validated JSON object, so it ends with ``}`` and has at least one
-    member; splicing keeps the producer's bytes and costs nothing on the hot path.
+def with_cost(raw_json: bytes, cost_pico: int) -> bytes:
+    """The stored form of an entry priced here: ``<cost pico>\\x00<entry as received>``.
+
+    The reader adds ``costUsd`` (``entry_from_stored``). A NUL byte cannot occur in JSON
+    text, so the split is unambiguous; formatting the decimal string is left to the rare
+    read instead of the hot write path.
     """
-    body = raw_json.rstrip()
-    return b'%s,"costUsd":"%s"}' % (body[:-1], cost_usd.encode())
+    return b"%d%s%s" % (cost_pico, COST_SEPARATOR, raw_json)
+
+
+def entry_from_stored(stored: str | bytes) -> dict[str, Any]:
+    """The entry as received, with ``costUsd`` for tokens entries priced here."""
+    if isinstance(stored, str):
+        stored = stored.encode()
+    cost, sep, body = stored.partition(COST_SEPARATOR)
+    if not sep:
+        return cast(dict[str, Any], json.loads(stored))
+    entry = cast(dict[str, Any], json.loads(body))
+    entry["costUsd"] = format_usd(int(cost))
+    return entry
 
 
 def accept_entry(entry: UsageEntry, raw_json: bytes, catalog: PriceCatalog) -> AcceptedEntry:
@@ -68,7 +85,7 @@ def accept_entry(entry: UsageEntry, raw_json: bytes, catalog: PriceCatalog) -> A
         else:
             accepted.cost_pico = priced.cost_pico
             accepted.priced = priced.priced
-            accepted.wire_json = with_cost(raw_json, format_usd(priced.cost_pico))
+            accepted.wire_json = with_cost(raw_json, priced.cost_pico)
     elif isinstance(entry, ToolEntry):
         accepted.call_name = entry.tool_name
         accepted.success = entry.success

@@ -4,8 +4,9 @@
 --   `fields` lists the batch's counter names once; groups refer to them by 1-based index.
 -- ARGV[2]: unix time (s) the current dedup generation expires at,
 -- ARGV[3]: entry retention seconds
--- ARGV[4..]: the entries' JSON bodies, consecutive per group in the order of its ids;
---   passed as plain arguments so the script never decodes them.
+-- ARGV[4]: the entries' JSON bodies concatenated, consecutive per group in the order of
+--   its ids; a group carries {offset of its first body, length of each body}. One plain
+--   argument: the script never decodes them, and the client encodes one argument.
 --
 -- Dedup: applied entry ids are fields of one hash per tenant and generation (a generation
 -- lasts the dedup retention); an id counts as seen when it is in the current or the
@@ -22,6 +23,7 @@
 local payload = cmsgpack.unpack(ARGV[1])
 local dedup_expire_at = ARGV[2]
 local entry_ttl = tonumber(ARGV[3])
+local blob = ARGV[4]
 local fields = payload.fields
 local results = {}
 local applied = 0
@@ -87,7 +89,7 @@ local to_mark = {}
 
 for gi, grp in ipairs(payload.groups) do
   -- positional, in the order runs.py _group_payload writes them
-  local tenant_index, ids, body_at = grp[1], grp[2], grp[3]
+  local tenant_index, ids, body_spans = grp[1], grp[2], grp[3]
   local h, h_kids, h_entries, run_id = grp[4], grp[5], grp[6], grp[7]
   local idx_all, idx_user, idx_agent = grp[8], grp[9], grp[10]
   local user, tenant, agent = grp[11], grp[12], grp[13]
@@ -148,10 +150,12 @@ for gi, grp in ipairs(payload.groups) do
     end
     -- raw entries, kept for the retention period after the run's last write
     local bodies = {}
-    local base = body_at - 1
+    local pos = body_spans[1]
     for i, id in ipairs(ids) do
+      local len = body_spans[i + 1]
       bodies[#bodies + 1] = id
-      bodies[#bodies + 1] = ARGV[base + i]
+      bodies[#bodies + 1] = string.sub(blob, pos, pos + len - 1)
+      pos = pos + len
     end
     call_chunked('HSET', h_entries, bodies)
     redis.call('EXPIRE', h_entries, entry_ttl)

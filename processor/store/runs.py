@@ -12,6 +12,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
+from processor.domain.accept import entry_from_stored
 from processor.domain.rollup import (
     AcceptedEntry,
     RunDelta,
@@ -107,7 +108,7 @@ class RunStore:
         raise RuntimeError("could not apply batch: entry ids kept conflicting")
 
     def _encode(self, pending: list[tuple[list[AcceptedEntry], RunDelta]]) -> list[Any]:
-        bodies: list[str | bytes] = []
+        bodies = _Blob()
         fields: dict[str, int] = {}
         tenants: dict[str, int] = {}
         groups = [self._group_payload(d, bodies, fields, tenants) for _, d in pending]
@@ -121,7 +122,7 @@ class RunStore:
             ],
             "groups": groups,
         }
-        return [msgpack.packb(header), expire_at, self._entry_ttl_s, *bodies]
+        return [msgpack.packb(header), expire_at, self._entry_ttl_s, b"".join(bodies.parts)]
 
     def _dedup_generation(self) -> tuple[int, int]:
         """The current dedup generation and when its hash may expire (unix seconds).
@@ -136,25 +137,26 @@ class RunStore:
     def _group_payload(
         self,
         d: RunDelta,
-        bodies: list[str | bytes],
+        bodies: _Blob,
         fields: dict[str, int],
         tenants: dict[str, int],
     ) -> list[Any]:
         """One group of the Lua payload.
 
-        Entry bodies are appended to ``bodies`` (they travel as ARGV, consecutive per
-        group); counter names are interned in ``fields`` (sent once per batch, referred
-        to by 1-based index), which shrank the payload to decode by half.
+        Entry bodies are appended to ``bodies``, one blob sent as a single argument (one
+        argument per body cost more to encode than everything else); the group carries
+        its first body's offset and every body's length. Counter names are interned in
+        ``fields`` (sent once per batch, referred to by 1-based index).
         """
         k = self._keys
         t = d.tenant_id
-        body_at = len(bodies) + 4  # 1-based ARGV index after the 3 fixed arguments
-        bodies.extend(body for _, _, body in d.entries)
+        own = [b if isinstance(b, bytes) else b.encode() for _, _, b in d.entries]
+        body_at = bodies.add(own)
         # positional, in the order apply_batch.lua unpacks it (maps cost more to decode)
         return [
             _intern(tenants, t),
             d.entry_ids,
-            body_at,
+            [body_at, *map(len, own)],
             k.run(t, d.run_id),
             k.run_children(t, d.run_id),
             k.run_entries(t, d.run_id),
@@ -225,7 +227,7 @@ class RunStore:
         path, which is the hot one.
         """
         bodies = await self._redis.hgetall(self._keys.run_entries(tenant, run_id))  # type: ignore[misc]
-        entries = [json.loads(b) for b in bodies.values()]
+        entries = [entry_from_stored(b) for b in bodies.values()]
         entries.sort(key=lambda e: (e["timestamp"], e["id"]))
         return entries
 
@@ -254,6 +256,23 @@ class RunStore:
             return [r for r in candidates if r in allowed][:limit]
         result = await self._redis.zrevrangebyscore(key, "+inf", low, start=0, num=limit)
         return list(result)
+
+
+class _Blob:
+    """Entry bodies concatenated into one script argument."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, bodies: list[bytes]) -> int:
+        """Append ``bodies``; returns the 1-based offset of the first one."""
+        at = self.size + 1
+        self.parts.extend(bodies)
+        self.size += sum(map(len, bodies))
+        return at
 
 
 def _intern(fields: dict[str, int], name: str) -> int:
