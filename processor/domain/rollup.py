@@ -14,7 +14,11 @@ from functools import lru_cache
 from typing import Any
 
 TOKEN_TYPES = ("prompt", "completion", "reasoning", "cached", "cacheWrite", "total")
-CALL_STATS = ("calls", "ok", "fail", "us")
+# Stored per model: `total` only as its excess over prompt + completion (non-zero just for
+# entries that carry a bare total), so the common entry costs one counter less.
+_STORED_TOKEN_TYPES = ("prompt", "completion", "reasoning", "cached", "cacheWrite", "totalExtra")
+# Stored per tool / sub-agent type: `calls` is ok + fail, so it is not stored.
+_STORED_CALL_STATS = ("ok", "fail", "us")
 
 # Field tags of the run hash. Parts are joined with "|" after escaping "%" and "|", so
 # user-supplied names (models, tools, custom types) may contain any character without
@@ -209,13 +213,15 @@ class RunDelta:
         out: dict[str, int] = {F_COUNT: self.count}
         for model, sums in self.tokens.items():
             fields = _token_fields(model)
-            for f, value in zip(fields, sums, strict=True):
+            stored = (*sums[:5], sums[5] - sums[0] - sums[1], sums[6])
+            for f, value in zip(fields, stored, strict=True):
                 if value:
                     out[f] = value
-            # written even when 0, so a model used with no tokens and no cost still shows
-            out[fields[6]] = sums[6]
+            if not any(stored):
+                # a model used with no tokens and no cost still shows, with zeros
+                out[fields[6]] = 0
         for (kind, name), stats in self.calls.items():
-            for f, value in zip(_call_fields(kind, name), stats, strict=True):
+            for f, value in zip(_call_fields(kind, name), stats[1:], strict=True):
                 if value:
                     out[f] = value
         return out
@@ -223,15 +229,18 @@ class RunDelta:
 
 @lru_cache(maxsize=16384)
 def _token_fields(model: str) -> tuple[str, ...]:
-    """The six token fields of a model (in TOKEN_TYPES order), then its cost field."""
-    return (*(field_name(T_TOKENS, model, t) for t in TOKEN_TYPES), field_name(T_COST, model))
+    """The six stored token fields of a model, then its cost field."""
+    return (
+        *(field_name(T_TOKENS, model, t) for t in _STORED_TOKEN_TYPES),
+        field_name(T_COST, model),
+    )
 
 
 @lru_cache(maxsize=16384)
-def _call_fields(kind: str, name: str) -> tuple[str, str, str, str]:
+def _call_fields(kind: str, name: str) -> tuple[str, str, str]:
     tag = T_TOOL if kind == "tool" else T_SUBAGENT
-    calls, ok, fail, us = (field_name(tag, name, stat) for stat in CALL_STATS)
-    return calls, ok, fail, us
+    ok, fail, us = (field_name(tag, name, stat) for stat in _STORED_CALL_STATS)
+    return ok, fail, us
 
 
 def fold_run(entries: Iterable[AcceptedEntry]) -> RunDelta:
@@ -312,10 +321,19 @@ class RunRollup:
                 custom.setdefault(ctype, {})[cname] = _number(float(raw))
 
         def counts(d: dict[str, int]) -> TokenCounts:
-            return TokenCounts(*(d.get(t, 0) for t in TOKEN_TYPES))
+            prompt, completion = d.get("prompt", 0), d.get("completion", 0)
+            return TokenCounts(
+                prompt,
+                completion,
+                d.get("reasoning", 0),
+                d.get("cached", 0),
+                d.get("cacheWrite", 0),
+                prompt + completion + d.get("totalExtra", 0),
+            )
 
         def stats(d: dict[str, int]) -> CallStats:
-            return CallStats(d.get("calls", 0), d.get("ok", 0), d.get("fail", 0), d.get("us", 0))
+            ok, fail = d.get("ok", 0), d.get("fail", 0)
+            return CallStats(ok + fail, ok, fail, d.get("us", 0))
 
         started = fields.get(F_STARTED)
         updated = fields.get(F_UPDATED)
