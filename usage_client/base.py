@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
-from usage_client.errors import EntryValidationError
+from usage_client.errors import EntryValidationError, UsageRecorderError
 from usage_client.ids import new_id
 from usage_client.run import MetricDefinition, RunHandle
 
 __all__ = ["RecorderBase"]
 
+log = logging.getLogger("usage_client")
+
 
 class RecorderBase:
     """Defaults of the entries (user, tenant, agent, thread) and the metric registry;
-    subclasses provide ``async _submit(entry) -> entry id``."""
+    subclasses provide ``async _submit(entry) -> entry id`` and ``async close()``."""
 
     def __init__(
         self,
@@ -33,6 +37,23 @@ class RecorderBase:
         self.thread_id = thread_id
         self.strict_metrics = strict_metrics
         self._metrics: dict[str, MetricDefinition] = {}
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.close()
+            return
+        try:  # the body's exception wins; a delivery problem is only logged
+            await self.close()
+        except UsageRecorderError as close_error:
+            log.error("usage entries lost while handling another error: %s", close_error)
 
     def run(
         self,

@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from usage_client.base import RecorderBase
@@ -127,16 +126,3 @@ class HttpUsageRecorder(RecorderBase):
     async def __aenter__(self) -> HttpUsageRecorder:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            await self.close()
-            return
-        try:  # the body's exception wins; a delivery problem is only logged
-            await self.close()
-        except UsageRecorderError as close_error:
-            log.error("usage entries lost while handling another error: %s", close_error)

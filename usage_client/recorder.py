@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Literal, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -281,19 +280,6 @@ class UsageRecorder(RecorderBase):
     async def __aenter__(self) -> UsageRecorder:
         return await self.start()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            await self.close()
-            return
-        try:  # the body's exception wins; a delivery problem is only logged
-            await self.close()
-        except UsageRecorderError as close_error:
-            log.error("usage entries lost while handling another error: %s", close_error)
 
     @property
     def stats(self) -> RecorderStats:
