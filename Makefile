@@ -46,7 +46,7 @@ install: $(PIP_STAMP) $(TS_STAMP)
 	$(BIN)/usage-stream stack install
 
 demo: install
-	$(BIN)/usage-stream demo
+	$(BIN)/usage-stream demo $(DEMO_ARGS)
 
 test: install
 	$(MAKE) --no-print-directory lint
