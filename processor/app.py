@@ -98,6 +98,12 @@ def create_app(settings: Settings) -> UsageApp:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=True,
+        # only our API and /metrics on the port: Faust's own debug pages (routing, table
+        # contents, graph, stats) would expose other tenants' data without a key
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         web_bind=settings.api_host,
         web_port=settings.api_port,
         web_host=settings.api_host,
