@@ -270,6 +270,29 @@ def group_by_run(
     return groups, repeats
 
 
+def fold_batch(
+    entries: Iterable[AcceptedEntry],
+) -> tuple[list[tuple[list[AcceptedEntry], RunDelta]], list[AcceptedEntry]]:
+    """``group_by_run`` and ``fold_run`` of every group in one pass (the hot path's form):
+    per (tenant, run) its entries and their delta, and the repeats of an id in the batch."""
+    groups: dict[tuple[str, str], tuple[list[AcceptedEntry], RunDelta]] = {}
+    repeats: list[AcceptedEntry] = []
+    seen: set[tuple[str, str]] = set()
+    for e in entries:
+        ident = (e.tenant_id, e.entry_id)
+        if ident in seen:
+            repeats.append(e)
+            continue
+        seen.add(ident)
+        group = groups.get((e.tenant_id, e.run_id))
+        if group is None:
+            delta = RunDelta(e.tenant_id, e.run_id, e.user_id, e.agent_name)
+            group = groups[(e.tenant_id, e.run_id)] = ([], delta)
+        group[0].append(e)
+        group[1].add(e)
+    return list(groups.values()), repeats
+
+
 @dataclass(slots=True)
 class RunRollup:
     """A run's own figures, read back from its counters."""

@@ -17,8 +17,8 @@ from processor.domain.rollup import (
     AcceptedEntry,
     RunDelta,
     RunRollup,
+    fold_batch,
     fold_run,
-    group_by_run,
 )
 from processor.store.keys import Keys
 
@@ -75,8 +75,7 @@ class RunStore:
 
         Separate so a caller can do it while Redis still works on the previous batch.
         """
-        groups, repeats = group_by_run(entries)
-        pending = [(members, fold_run(members)) for members in groups.values()]
+        pending, repeats = fold_batch(entries)
         return ApplyPlan(pending, self._encode(pending), repeats)
 
     async def execute(self, plan: ApplyPlan) -> ApplyResult:

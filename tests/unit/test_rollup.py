@@ -208,3 +208,31 @@ def test_sum_tree_adds_tokens_cost_and_custom() -> None:
     assert totals.tokens == TokenCounts(prompt=15, total=15)
     assert totals.cost_pico == 10
     assert totals.custom == {"api": {"x": 4}}
+
+
+@settings(max_examples=100)
+@given(st.lists(entries(), min_size=1, max_size=30), st.data())
+def test_fold_batch_equals_grouping_then_folding(
+    es: list[AcceptedEntry], data: st.DataObject
+) -> None:
+    from processor.domain.rollup import fold_batch
+
+    for e in es:
+        e.run_id = data.draw(st.sampled_from(["r1", "r2", "r3"]))
+    es = es + es[: len(es) // 3]  # some ids repeated in the batch
+    groups, repeats = group_by_run(es)
+    folded, folded_repeats = fold_batch(es)
+    assert folded_repeats == repeats
+    assert [members for members, _ in folded] == list(groups.values())
+    for members, delta in folded:
+        expected = fold_run(members)
+        assert (delta.incr, delta.fincr, delta.children) == (
+            expected.incr,
+            expected.fincr,
+            expected.children,
+        )
+        assert (delta.min_ts, delta.max_ts, delta.entry_ids) == (
+            expected.min_ts,
+            expected.max_ts,
+            expected.entry_ids,
+        )
