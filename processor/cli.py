@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -37,6 +38,15 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _tune_gc() -> None:
+    """Fewer cyclic-GC passes: every batch allocates tens of thousands of short-lived
+    objects, and with the default thresholds the collector ran every 700 of them. What
+    was loaded at start-up is frozen out of the collector's way."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def cmd_worker(settings: Settings) -> int:
     import faust
 
@@ -56,6 +66,7 @@ def cmd_worker(settings: Settings) -> int:
     _use_uvloop()
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
+    _tune_gc()
     worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
     worker.execute_from_commandline()
     return 0
