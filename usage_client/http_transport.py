@@ -125,4 +125,3 @@ class HttpUsageRecorder(RecorderBase):
 
     async def __aenter__(self) -> HttpUsageRecorder:
         return self
-

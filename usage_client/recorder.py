@@ -280,7 +280,6 @@ class UsageRecorder(RecorderBase):
     async def __aenter__(self) -> UsageRecorder:
         return await self.start()
 
-
     @property
     def stats(self) -> RecorderStats:
         return RecorderStats(self._outstanding, self._delivered, self._resent, self._failed)
