@@ -243,8 +243,15 @@ def java_binary() -> str:
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 chars)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one starting with ``-``, which a command
+    line would read as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def render_server_properties(
@@ -373,8 +380,7 @@ def format_storage(java: str, libs: Path, layout: KafkaLayout) -> None:
         layout,
         STORAGE_TOOL,
         "format",
-        "-t",
-        cluster_id,
+        f"--cluster-id={cluster_id}",  # one token: an old id may start with "-"
         "-c",
         str(layout.server_properties),
         "--ignore-formatted",

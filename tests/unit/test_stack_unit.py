@@ -104,9 +104,23 @@ def test_log4j_configs_write_to_the_server_log(tmp_path: Path) -> None:
 
 
 def test_cluster_id_is_kafka_uuid_shaped() -> None:
-    ids = {kafka_mod.new_cluster_id() for _ in range(20)}
-    assert len(ids) == 20
-    assert all(len(i) == 22 and "=" not in i for i in ids)
+    # 1 in 64 random ids starts with "-"; 2,000 draws make missing the rule near impossible
+    ids = {kafka_mod.new_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 22 and "=" not in i and not i.startswith("-") for i in ids)
+
+
+def test_a_stored_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
+    """Stack dirs written before ids avoided "-" must still start: one-token option."""
+    settings = build_settings(stack_dir=tmp_path / "stack")
+    libs = kafka_mod.install_jars(settings.cache_dir, settings.kafka_version)
+    layout = kafka_mod.KafkaLayout(tmp_path / "stack" / "kafka")
+    kafka_mod.write_config(
+        layout, broker_port=pick_port(), controller_port=pick_port(), partitions=1
+    )
+    layout.cluster_id_file.write_text("-Zy8Fw4pQ2uRk1n0bXc3aQ\n")
+    kafka_mod.format_storage(kafka_mod.java_binary(), libs, layout)
+    assert "-Zy8Fw4pQ2uRk1n0bXc3aQ" in (layout.data_dir / "meta.properties").read_text()
 
 
 def test_embedded_pom_is_deploy_local_pom() -> None:
