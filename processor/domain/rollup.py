@@ -253,28 +253,11 @@ def fold_run(entries: Iterable[AcceptedEntry]) -> RunDelta:
     return delta
 
 
-def group_by_run(
-    entries: Iterable[AcceptedEntry],
-) -> tuple[dict[tuple[str, str], list[AcceptedEntry]], list[AcceptedEntry]]:
-    """Entries per (tenant, run), arrival order kept, and the repeats of an id in the batch."""
-    groups: dict[tuple[str, str], list[AcceptedEntry]] = {}
-    repeats: list[AcceptedEntry] = []
-    seen: set[tuple[str, str]] = set()
-    for e in entries:
-        ident = (e.tenant_id, e.entry_id)
-        if ident in seen:
-            repeats.append(e)
-            continue
-        seen.add(ident)
-        groups.setdefault((e.tenant_id, e.run_id), []).append(e)
-    return groups, repeats
-
-
 def fold_batch(
     entries: Iterable[AcceptedEntry],
 ) -> tuple[list[tuple[list[AcceptedEntry], RunDelta]], list[AcceptedEntry]]:
-    """``group_by_run`` and ``fold_run`` of every group in one pass (the hot path's form):
-    per (tenant, run) its entries and their delta, and the repeats of an id in the batch."""
+    """Per (tenant, run), arrival order kept: its entries and their folded delta; plus the
+    repeats of an id within the batch (each id is applied once)."""
     groups: dict[tuple[str, str], tuple[list[AcceptedEntry], RunDelta]] = {}
     repeats: list[AcceptedEntry] = []
     seen: set[tuple[str, str]] = set()

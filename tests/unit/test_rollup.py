@@ -15,8 +15,8 @@ from processor.domain.rollup import (
     TokenCounts,
     duration_to_us,
     field_name,
+    fold_batch,
     fold_run,
-    group_by_run,
     sum_tree,
     us_to_ms,
     walk_tree_levels,
@@ -128,7 +128,23 @@ def test_field_names_are_unambiguous_for_any_model_name() -> None:
     assert a != b
 
 
-def test_group_by_run_drops_repeated_ids_within_a_batch() -> None:
+def group_by_run(
+    es: list[AcceptedEntry],
+) -> tuple[dict[tuple[str, str], list[AcceptedEntry]], list[AcceptedEntry]]:
+    """Reference for fold_batch: entries per (tenant, run) and the repeats of an id."""
+    groups: dict[tuple[str, str], list[AcceptedEntry]] = {}
+    repeats: list[AcceptedEntry] = []
+    seen: set[tuple[str, str]] = set()
+    for e in es:
+        if (e.tenant_id, e.entry_id) in seen:
+            repeats.append(e)
+            continue
+        seen.add((e.tenant_id, e.entry_id))
+        groups.setdefault((e.tenant_id, e.run_id), []).append(e)
+    return groups, repeats
+
+
+def test_fold_batch_drops_repeated_ids_within_a_batch() -> None:
     e = AcceptedEntry(
         "id1",
         "custom",
@@ -168,8 +184,9 @@ def test_group_by_run_drops_repeated_ids_within_a_batch() -> None:
         custom_name="n",
         custom_value=1.0,
     )
-    groups, repeats = group_by_run([e, again, other_tenant])
+    folded, repeats = fold_batch([e, again, other_tenant])
     assert repeats == [again]
+    groups = {(d.tenant_id, d.run_id): members for members, d in folded}
     assert groups == {("default", "r"): [e], ("acme", "r"): [other_tenant]}
 
 
@@ -215,8 +232,6 @@ def test_sum_tree_adds_tokens_cost_and_custom() -> None:
 def test_fold_batch_equals_grouping_then_folding(
     es: list[AcceptedEntry], data: st.DataObject
 ) -> None:
-    from processor.domain.rollup import fold_batch
-
     for e in es:
         e.run_id = data.draw(st.sampled_from(["r1", "r2", "r3"]))
     es = es + es[: len(es) // 3]  # some ids repeated in the batch
