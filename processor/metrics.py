@@ -43,7 +43,7 @@ UNKNOWN = "unknown"
 ENTRY_KINDS = ("tokens", "tool", "subagent", "custom")
 ENTRY_OUTCOMES = ("accepted", "duplicate", "rejected")
 TOKEN_TYPES = ("prompt", "completion", "reasoning", "cached", "cache_write")
-DEAD_LETTER_REASONS = ("json", "schema", "invariant", "too_large", "timestamp")
+DEAD_LETTER_REASONS = ("json", "schema", "invariant", "too_large", "timestamp", "internal")
 _KIND_SET = frozenset(ENTRY_KINDS)
 _OUTCOME_SET = frozenset(ENTRY_OUTCOMES)
 _TOKEN_TYPE_SET = frozenset(TOKEN_TYPES)
@@ -217,6 +217,23 @@ class UsageMetrics:
             "usage_unpriced_tokens_total",
             "Tokens of models missing from the price catalog.",
             ("model",),
+            registry=r,
+        )
+        self.apply_failures = Counter(
+            "usage_batch_apply_failures_total",
+            "Failed attempts to apply a batch (Redis or Kafka unavailable, or a script error).",
+            registry=r,
+        )
+        self.offset_rewinds = Counter(
+            "usage_offset_rewinds_total",
+            "Partitions re-read from the offset Redis holds because Redis lost writes "
+            "(or another worker moved the partition on).",
+            registry=r,
+        )
+        self.children_cut = Counter(
+            "usage_subagent_children_cut_total",
+            "Sub-agent runs left out of a tree walk because a run had more children than "
+            "USAGE_SUBAGENT_CHILDREN_LIMIT.",
             registry=r,
         )
         # Memoised children: label tuple -> child metric (bounded by the label caps).

@@ -90,6 +90,21 @@ class Settings(BaseSettings):
     subagent_depth_limit: int = Field(
         64, ge=1, le=10_000, description="Deepest sub-agent tree walked"
     )
+    subagent_children_limit: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Sub-agent runs read per run in a tree walk; the rest are cut and counted",
+    )
+    retry_max_seconds: float = Field(
+        5.0, gt=0, le=300, description="Ceiling of the back-off between retries of a batch"
+    )
+    apply_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="A batch failing to apply for this long makes /readyz answer 503",
+    )
     label_cap: int = Field(
         200, ge=1, description="Distinct values per metric label before __other__"
     )
