@@ -11,11 +11,17 @@ Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 - ``p:seen:t:<generation>``     hash: entry id -> 1 for ids applied in that generation
                                 (``now // dedup retention``); expires after the next one
 - ``p:run:t:<runId>``           hash: the run's own rollup counters (see domain.rollup)
-- ``p:runkids:t:<runId>``       set: sub-agent run ids referenced by the run
+- ``p:runkids:t:<runId>``       sorted set, all scores 0 (so ordered by id): sub-agent run ids
+                                referenced by the run; read in capped ranges
 - ``p:runentries:t:<runId>``    hash: entry id -> accepted entry JSON (TTL retention)
+- ``p:runidx:t:<runId>``        sorted set: entry id scored by timestamp, so ordered by
+                                (timestamp, id); expires with ``runentries``
 - ``p:runs:t``                  sorted set: run ids scored by startedAt
 - ``p:runsbyuser:t:<userId>``   sorted set: the user's run ids scored by startedAt
 - ``p:runsbyagent:t:<agent>``   sorted set: the agent's run ids scored by startedAt
+- ``p:runsbyuseragent:t:<userId>:<agent>``  sorted set: the user's runs of one agent
+- ``p:offsets:<group>``         hash: ``<topic>:<partition>`` -> next offset to consume,
+                                written in the same atomic step as the batch's effects
 - ``p:stats``                   hash: ``applied`` = entries applied (all tenants)
 
 Faust tables on the ``redis://`` store (processor/store/faust_redis.py):
@@ -41,7 +47,12 @@ class Keys:
     prefix: str
 
     def seen(self, tenant: str, generation: int) -> str:
-        return f"{self.prefix}:seen:{part(tenant)}:{generation}"
+        return self.seen_prefix(tenant) + str(generation)
+
+    def seen_prefix(self, tenant: str) -> str:
+        """The dedup hash key without its generation (the batch script appends it, from
+        the Redis server's clock)."""
+        return f"{self.prefix}:seen:{part(tenant)}:"
 
     def run(self, tenant: str, run_id: str) -> str:
         return f"{self.prefix}:run:{part(tenant)}:{part(run_id)}"
@@ -52,6 +63,9 @@ class Keys:
     def run_entries(self, tenant: str, run_id: str) -> str:
         return f"{self.prefix}:runentries:{part(tenant)}:{part(run_id)}"
 
+    def run_entry_index(self, tenant: str, run_id: str) -> str:
+        return f"{self.prefix}:runidx:{part(tenant)}:{part(run_id)}"
+
     def runs_index(self, tenant: str) -> str:
         return f"{self.prefix}:runs:{part(tenant)}"
 
@@ -60,6 +74,16 @@ class Keys:
 
     def runs_by_agent(self, tenant: str, agent_name: str) -> str:
         return f"{self.prefix}:runsbyagent:{part(tenant)}:{part(agent_name)}"
+
+    def runs_by_user_agent(self, tenant: str, user_id: str, agent_name: str) -> str:
+        return f"{self.prefix}:runsbyuseragent:{part(tenant)}:{part(user_id)}:{part(agent_name)}"
+
+    def offsets(self, group_id: str) -> str:
+        return f"{self.prefix}:offsets:{part(group_id)}"
+
+    @staticmethod
+    def offset_field(topic: str, partition: int) -> str:
+        return f"{part(topic)}:{partition}"
 
     def stats(self) -> str:
         return f"{self.prefix}:stats"
