@@ -1,13 +1,14 @@
 """One batch of raw messages in, exact effects out: DLQ, Redis rollups, metrics.
 
-Faust-free on purpose so the same code runs under the Faust agent, in tests and in the
-benchmark. The caller commits the batch's offsets only after ``process`` returns, so a
-crash anywhere re-delivers the batch, and the idempotent Redis apply makes the re-delivery
-change nothing.
+Faust-free on purpose so the same code runs in the worker, in tests and in the benchmark.
+The partitions' next offsets are written in Redis in the same atomic step as the batch's
+effects (after its dead letters are acknowledged), so whatever Redis keeps or loses, it
+keeps or loses together with its position, and a replay restores it exactly.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -18,9 +19,9 @@ from typing import Protocol
 from processor.domain.accept import accept_entry
 from processor.domain.pricing import PriceCatalog
 from processor.domain.rollup import AcceptedEntry
-from processor.metrics import UsageMetrics
+from processor.metrics import ENTRY_KINDS, UNKNOWN, UsageMetrics
 from processor.settings import Settings
-from processor.store.runs import ApplyPlan, RunStore
+from processor.store.runs import ApplyPlan, ApplyResult, OffsetUpdate, RunStore
 from schemas.deadletter import build_dead_letter, fit_dead_letter
 from schemas.entry import parse_entry
 from schemas.errors import EntryRejected
@@ -28,6 +29,19 @@ from schemas.errors import EntryRejected
 log = logging.getLogger(__name__)
 
 _TOKEN_METRIC_TYPES = ("prompt", "completion", "reasoning", "cached", "cache_write")
+
+
+def _internal(m: RawMessage, exc: Exception) -> EntryRejected:
+    log.error(
+        "internal error on %s[%d]@%d, dead-lettered as 'internal': %r",
+        m.topic,
+        m.partition,
+        m.offset,
+        exc,
+        exc_info=exc,
+    )
+    return EntryRejected("internal", f"the processor failed on this message: {exc!r}", None)
+
 
 DeadLetterPublisher = Callable[[list[tuple[bytes | None, bytes]]], Awaitable[None]]
 
@@ -67,15 +81,32 @@ class BatchOutcome:
 
 @dataclass(slots=True)
 class PreparedBatch:
+    """A batch ready to apply, and how far applying it got (``apply`` may be called
+    again after it raised: what was published or applied is not done twice)."""
+
     now_ms: int
+    messages: Sequence[RawMessage] = ()
     plan: ApplyPlan | None = None
     valid: list[AcceptedEntry] = field(default_factory=list)
     letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    rejected_reasons: Counter[str] = field(default_factory=Counter)
+    #: (reason, kind) of every rejected message
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    letters_published: bool = False
+    late_letters: list[tuple[bytes | None, bytes]] | None = None
+    outcome: BatchOutcome | None = None
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def kind_of(raw: bytes) -> str:
+    """The ``kind`` of a rejected message when it can be read, else ``unknown``."""
+    try:
+        kind = json.loads(raw).get("kind")
+    except Exception:  # not JSON, not an object: the kind cannot be read
+        return UNKNOWN
+    return kind if isinstance(kind, str) and kind in ENTRY_KINDS else UNKNOWN
 
 
 class IngestPipeline:
@@ -96,13 +127,20 @@ class IngestPipeline:
         self._publish_dead_letters = publish_dead_letters
         self._clock = clock
 
-    async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
-        return await self.apply(self.prepare(messages))
+    async def process(
+        self, messages: Sequence[RawMessage], offsets: OffsetUpdate | None = None
+    ) -> BatchOutcome:
+        return await self.apply(self.prepare(messages), offsets)
 
     def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
-        """The CPU part: decode, validate, price; build dead letters. No I/O."""
+        """The CPU part: decode, validate, price, fold; build dead letters. No I/O.
+
+        Never raises for a message: one that makes any step fail unexpectedly becomes a
+        dead letter with code ``internal`` (its bytes kept), so no input can stop a
+        partition or crash-loop a worker.
+        """
         now = self._clock()
-        batch = PreparedBatch(now_ms=now)
+        batch = PreparedBatch(now_ms=now, messages=messages)
         for m in messages:
             raw = m.value if m.value is not None else b""
             try:
@@ -111,11 +149,32 @@ class IngestPipeline:
                 accepted.origin = m
                 batch.valid.append(accepted)
             except EntryRejected as err:
-                batch.rejected_reasons[err.code] += 1
-                batch.letters.append((m.key, self._dead_letter(m, raw, err, now)))
+                self._reject(batch, m, raw, err)
+            except Exception as exc:
+                self._reject(batch, m, raw, _internal(m, exc))
         if batch.valid:
-            batch.plan = self._runs.plan(batch.valid)
+            batch.plan = self._plan(batch)
         return batch
+
+    def _plan(self, batch: PreparedBatch) -> ApplyPlan | None:
+        try:
+            return self._runs.plan(batch.valid)
+        except Exception:
+            # find the entries that break folding or encoding; plan the others
+            good: list[AcceptedEntry] = []
+            for e in batch.valid:
+                try:
+                    self._runs.plan([e])
+                    good.append(e)
+                except Exception as exc:
+                    m: RawMessage = e.origin
+                    self._reject(batch, m, m.value or b"", _internal(m, exc))
+            batch.valid = good
+            return self._runs.plan(good) if good else None
+
+    def _reject(self, batch: PreparedBatch, m: RawMessage, raw: bytes, err: EntryRejected) -> None:
+        batch.rejected[(err.code, kind_of(raw))] += 1
+        batch.letters.append((m.key, self._dead_letter(m, raw, err, batch.now_ms)))
 
     @staticmethod
     def _dead_letter(m: RawMessage, raw: bytes, err: EntryRejected, now: int) -> bytes:
@@ -132,42 +191,71 @@ class IngestPipeline:
 
         return fit_dead_letter(build, raw)
 
-    async def apply(self, batch: PreparedBatch) -> BatchOutcome:
-        """The I/O part: dead letters acknowledged by Kafka, effects applied in Redis."""
+    async def apply(
+        self, batch: PreparedBatch, offsets: OffsetUpdate | None = None
+    ) -> BatchOutcome:
+        """The I/O part: dead letters acknowledged by Kafka, then the effects and the
+        partitions' next offsets in Redis, so a crash anywhere replays the batch and
+        loses no dead letter (one may be published twice).
+
+        Raises ``StaleOffsets`` when Redis no longer holds the offsets this worker wrote;
+        any other exception leaves the batch resumable: call ``apply`` again.
+        """
+        if batch.outcome is not None:
+            return batch.outcome
+        if batch.letters and not batch.letters_published:
+            await self._publish_dead_letters(batch.letters)
+            batch.letters_published = True
         outcome = BatchOutcome()
-        letters = list(batch.letters)
-        reasons = Counter(batch.rejected_reasons)
         if batch.plan is not None:
-            applied = await self._runs.execute(batch.plan)
+            applied = await self._runs.execute(batch.plan, offsets)
             outcome.accepted = applied.accepted
             outcome.duplicates = applied.duplicates
-            for entry, counter in applied.overflowed:
-                reasons["invariant"] += 1
-                letters.append(self._overflow_letter(entry, counter, batch.now_ms))
-        if letters:
-            await self._publish_dead_letters(letters)
-        outcome.rejected = len(letters)
-        self._record(outcome, reasons, batch.now_ms)
+            if batch.late_letters is None:
+                batch.late_letters = self._late_letters(batch, applied)
+            offsets_written = applied.offsets_written
+        else:
+            batch.late_letters = []
+            offsets_written = False
+        if batch.late_letters:
+            await self._publish_dead_letters(batch.late_letters)
+        if offsets is not None and not offsets_written:
+            await self._runs.write_offsets(offsets)
+        outcome.rejected = len(batch.letters) + len(batch.late_letters)
+        batch.outcome = outcome
+        self._record(outcome, batch.rejected, batch.now_ms)
         return outcome
 
-    def _overflow_letter(
-        self, entry: AcceptedEntry, counter: str, now: int
+    def _late_letters(
+        self, batch: PreparedBatch, applied: ApplyResult
+    ) -> list[tuple[bytes | None, bytes]]:
+        """Dead letters of entries the store refused: overflow, or the script failing."""
+        letters = []
+        for entry, counter in applied.overflowed:
+            err = EntryRejected(
+                "invariant",
+                f"run {entry.run_id!r}: this entry would take its counter {counter!r} past the "
+                "64-bit limit (about 9.2 million USD or 9.2e18 tokens per run and model)",
+                None,
+            )
+            letters.append(self._letter_of(batch, entry, err))
+        for entry, error in applied.failed:
+            err = EntryRejected("internal", f"the batch script failed on this entry: {error}", None)
+            letters.append(self._letter_of(batch, entry, err))
+        return letters
+
+    def _letter_of(
+        self, batch: PreparedBatch, entry: AcceptedEntry, err: EntryRejected
     ) -> tuple[bytes | None, bytes]:
         m: RawMessage = entry.origin
-        err = EntryRejected(
-            "invariant",
-            f"run {entry.run_id!r}: this entry would take its counter {counter!r} past the "
-            "64-bit limit (about 9.2 million USD or 9.2e18 tokens per run and model)",
-            None,
-        )
-        return m.key, self._dead_letter(m, m.value or b"", err, now)
+        batch.rejected[(err.code, entry.kind)] += 1
+        return m.key, self._dead_letter(m, m.value or b"", err, batch.now_ms)
 
-    def _record(self, outcome: BatchOutcome, rejected: Counter[str], now: int) -> None:
+    def _record(self, outcome: BatchOutcome, rejected: Counter[tuple[str, str]], now: int) -> None:
         m = self._metrics
-        for reason, n in rejected.items():
+        for (reason, kind), n in rejected.items():
             m.dead_letter(reason, n)
-        if rejected:
-            m.entry("unknown", "rejected", sum(rejected.values()))
+            m.entry(kind, "rejected", n)
         for kind, n in Counter(e.kind for e in outcome.duplicates).items():
             m.entry(kind, "duplicate", n)
         kinds: Counter[str] = Counter()

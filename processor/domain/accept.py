@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from processor.domain.money import format_usd, parse_usd
 from processor.domain.pricing import PriceCatalog
-from processor.domain.rollup import AcceptedEntry, TokenCounts, duration_to_us
+from processor.domain.rollup import AcceptedEntry, TokenCounts, custom_to_nano, duration_to_us
 from schemas.entry import (
     CustomEntry,
     SubagentEntry,
@@ -98,5 +98,5 @@ def accept_entry(entry: UsageEntry, raw_json: bytes, catalog: PriceCatalog) -> A
     elif isinstance(entry, CustomEntry):
         accepted.custom_type = entry.type
         accepted.custom_name = entry.name
-        accepted.custom_value = entry.value
+        accepted.custom_nano = custom_to_nano(entry.value)
     return accepted

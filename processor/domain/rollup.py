@@ -1,15 +1,18 @@
 """The per-run rollup: how entries fold into counters, and how counters read back.
 
-A run's rollup is stored as a flat map of integer (and, for custom metrics, float)
-counters so that applying a batch is a series of HINCRBY calls: commutative and
-associative, hence independent of arrival order and safe to aggregate per batch before
-touching state. This module is pure: it knows field names, not Redis.
+A run's rollup is stored as a flat map of integer counters so that applying a batch is a
+series of HINCRBY calls: commutative, associative and exact, hence independent of arrival
+order and of how entries fall into batches. Custom values are fixed-point with
+``CUSTOM_DECIMALS`` decimals, kept as two counters (whole units and nano-units) so that
+sums stay exact up to the 64-bit range of whole units. This module is pure: it knows
+field names, not Redis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -33,7 +36,14 @@ T_TOKENS = "tk|"
 T_COST = "c|"
 T_TOOL = "tl|"
 T_SUBAGENT = "sa|"
-T_CUSTOM = "x|"
+T_CUSTOM = "x|"  # whole units of a custom metric's sum
+T_CUSTOM_NANO = "xn|"  # the nano-units beside them: sum = units + nano / 10**9
+
+#: Custom values are summed exactly at this many decimals (finer digits are rounded
+#: half-even when an entry is accepted).
+CUSTOM_DECIMALS = 9
+CUSTOM_SCALE = 1_000_000_000  # 10**CUSTOM_DECIMALS
+_FLOAT_EXACT = 9_007_199_254_740_992  # 2**53
 
 
 def _escape(part: str) -> str:
@@ -103,8 +113,35 @@ class CallStats:
 
 
 def duration_to_us(duration_ms: float) -> int:
-    """Durations are summed as integer microseconds so the sum is order-independent."""
+    """Durations are summed as integer microseconds so the sum is order-independent.
+
+    Validation bounds ``durationMs`` (schemas.entry), so this is always finite."""
     return round(duration_ms * 1000)
+
+
+def custom_to_nano(value: int | float) -> int:
+    """A custom value as an integer of 10**-9 units, exact for what the producer wrote.
+
+    A float is taken at its shortest round-trip decimal (``repr``), which is the literal
+    of the JSON text for any literal with up to 15 significant digits, then rounded
+    half-even to ``CUSTOM_DECIMALS`` decimals; so 0.1 counts as exactly 0.1, never as
+    the binary double nearest to it.
+    """
+    if isinstance(value, int):
+        return value * CUSTOM_SCALE
+    if value.is_integer() and -_FLOAT_EXACT < value < _FLOAT_EXACT:
+        return int(value) * CUSTOM_SCALE
+    scaled = Decimal(repr(value)).scaleb(CUSTOM_DECIMALS)
+    return int(scaled.to_integral_value(ROUND_HALF_EVEN))
+
+
+def nano_to_number(nano: int) -> int | float:
+    """A custom sum for JSON: an integer when whole, else the nearest double (exact for
+    sums of up to 15 significant digits; Redis keeps the exact fixed-point sum)."""
+    units, rest = divmod(nano, CUSTOM_SCALE)
+    if rest == 0:
+        return units
+    return float(Decimal(nano).scaleb(-CUSTOM_DECIMALS))
 
 
 def us_to_ms(us: int) -> int | float:
@@ -134,7 +171,7 @@ class AcceptedEntry:
     child_run_id: str | None = None
     custom_type: str | None = None
     custom_name: str | None = None
-    custom_value: float = 0.0
+    custom_nano: int = 0  # the value in 10**-9 units (custom_to_nano)
     #: where the entry came from (a consumed message), to dead-letter it after the fact
     origin: Any = None
 
@@ -157,7 +194,8 @@ class RunDelta:
     tokens: dict[str, list[int]] = field(default_factory=dict)
     #: (kind, name) -> [calls, successful, failed, duration us]
     calls: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    fincr: dict[str, float] = field(default_factory=dict)
+    #: (type, name) -> sum of custom values in nano-units
+    custom: dict[tuple[str, str], int] = field(default_factory=dict)
     min_ts: int = 0
     max_ts: int = 0
     children: set[str] = field(default_factory=set)
@@ -204,8 +242,8 @@ class RunDelta:
                 self.children.add(e.child_run_id)
         elif kind == "custom":
             assert e.custom_type is not None and e.custom_name is not None
-            f = field_name(T_CUSTOM, e.custom_type, e.custom_name)
-            self.fincr[f] = self.fincr.get(f, 0.0) + e.custom_value
+            ckey = (e.custom_type, e.custom_name)
+            self.custom[ckey] = self.custom.get(ckey, 0) + e.custom_nano
 
     @property
     def incr(self) -> dict[str, int]:
@@ -224,6 +262,12 @@ class RunDelta:
             for f, value in zip(_call_fields(kind, name), stats[1:], strict=True):
                 if value:
                     out[f] = value
+        for (ctype, cname), nano in self.custom.items():
+            units, rest = divmod(nano, CUSTOM_SCALE)
+            units_field, nano_field = _custom_fields(ctype, cname)
+            # both written even when zero: a metric summing to 0 still shows
+            out[units_field] = out.get(units_field, 0) + units
+            out[nano_field] = out.get(nano_field, 0) + rest
         return out
 
 
@@ -234,6 +278,11 @@ def _token_fields(model: str) -> tuple[str, ...]:
         *(field_name(T_TOKENS, model, t) for t in _STORED_TOKEN_TYPES),
         field_name(T_COST, model),
     )
+
+
+@lru_cache(maxsize=16384)
+def _custom_fields(ctype: str, cname: str) -> tuple[str, str]:
+    return field_name(T_CUSTOM, ctype, cname), field_name(T_CUSTOM_NANO, ctype, cname)
 
 
 @lru_cache(maxsize=16384)
@@ -291,7 +340,8 @@ class RunRollup:
     cost_by_model: dict[str, int]
     tools: dict[str, CallStats]
     subagents: dict[str, CallStats]
-    custom: dict[str, dict[str, float]]
+    #: type -> name -> sum in nano-units (nano_to_number for the wire)
+    custom: dict[str, dict[str, int]]
     children: list[str]
 
     @property
@@ -309,7 +359,7 @@ class RunRollup:
         tokens: dict[str, dict[str, int]] = {}
         cost: dict[str, int] = {}
         calls: dict[str, dict[str, dict[str, int]]] = {T_TOOL: {}, T_SUBAGENT: {}}
-        custom: dict[str, dict[str, float]] = {}
+        custom: dict[str, dict[str, int]] = {}
         for name, raw in fields.items():
             if name.startswith(T_TOKENS):
                 model, ttype = _parts(name, T_TOKENS)
@@ -324,7 +374,12 @@ class RunRollup:
                 calls[tag].setdefault(cname, {})[stat] = int(raw)
             elif name.startswith(T_CUSTOM):
                 ctype, cname = _parts(name, T_CUSTOM)
-                custom.setdefault(ctype, {})[cname] = _number(float(raw))
+                bucket = custom.setdefault(ctype, {})
+                bucket[cname] = bucket.get(cname, 0) + int(raw) * CUSTOM_SCALE
+            elif name.startswith(T_CUSTOM_NANO):
+                ctype, cname = _parts(name, T_CUSTOM_NANO)
+                bucket = custom.setdefault(ctype, {})
+                bucket[cname] = bucket.get(cname, 0) + int(raw)
 
         def counts(d: dict[str, int]) -> TokenCounts:
             prompt, completion = d.get("prompt", 0), d.get("completion", 0)
@@ -360,30 +415,25 @@ class RunRollup:
         )
 
 
-def _number(v: float) -> int | float:
-    """Custom values read back as ints when whole, so `3` is not served as `3.0`."""
-    return int(v) if v.is_integer() and abs(v) < 2**53 else v
-
-
 @dataclass(frozen=True, slots=True)
 class TreeTotals:
     tokens: TokenCounts
     cost_pico: int
-    custom: dict[str, dict[str, float]]
+    custom: dict[str, dict[str, int]]
 
 
 def sum_tree(rollups: Iterable[RunRollup]) -> TreeTotals:
     """Totals over a set of runs, each counted once (the caller dedups the tree)."""
     tokens = TokenCounts()
     cost = 0
-    custom: dict[str, dict[str, float]] = {}
+    custom: dict[str, dict[str, int]] = {}
     for r in rollups:
         tokens = tokens + r.tokens
         cost += r.cost_pico
         for ctype, names in r.custom.items():
             bucket = custom.setdefault(ctype, {})
-            for cname, value in names.items():
-                bucket[cname] = _number(float(bucket.get(cname, 0)) + value)
+            for cname, nano in names.items():
+                bucket[cname] = bucket.get(cname, 0) + nano
     return TreeTotals(tokens, cost, custom)
 
 
@@ -408,5 +458,9 @@ def walk_tree_levels(
     return order
 
 
-def custom_to_wire(custom: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    return {t: dict(sorted(names.items())) for t, names in sorted(custom.items())}
+def custom_to_wire(custom: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    """Nano-unit sums as JSON numbers: always finite (sums are exact integers)."""
+    return {
+        t: {n: nano_to_number(v) for n, v in sorted(names.items())}
+        for t, names in sorted(custom.items())
+    }

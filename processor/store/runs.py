@@ -1,8 +1,17 @@
-"""Run rollups in Redis: one atomic Lua call per batch to apply, pipelined reads to serve."""
+"""Run rollups in Redis: one atomic script call per batch (or per bounded chunk of one).
+
+The write side. A batch is folded per run (``fold_batch``), encoded once, and applied by
+``apply_batch.lua``, which checks every group before it writes any and writes the
+partitions' next offsets in the same step as the effects. Everything here survives a
+retry: a plan remembers which groups are resolved, and the script recognises its own
+earlier writes by the batch's token, so a reply lost to a broken connection never turns
+an applied entry into a duplicate or applies it twice.
+"""
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +20,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from processor.domain.accept import entry_from_stored
 from processor.domain.rollup import (
@@ -24,27 +34,89 @@ from processor.store.keys import Keys
 
 _APPLY_LUA = resources.files("processor.store").joinpath("apply_batch.lua").read_text("utf-8")
 
-# Each round either applies a group or strictly shrinks it, so this only bounds
-# pathological races between workers re-sending the same ids at the same moment.
+#: Entry bodies per script call: a batch of maximum-size entries (2,000 x 64 KiB) is
+#: split into calls of at most this much, so no argument or reply nears Redis' limits.
+CALL_MAX_BYTES = 8 * 1024 * 1024
+
+# Each round applies groups or strictly shrinks them (seen ids dropped, overflowing or
+# failing groups split), so this bounds only races between workers re-sending the same
+# ids at the same moment.
 _MAX_ROUNDS = 50
+
+# Errors that say Redis cannot take writes right now, not that the script is wrong.
+_TRANSIENT_PREFIXES = (
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOSCRIPT",
+)
+
+Group = tuple[list[AcceptedEntry], RunDelta]
+
+_NO_GROUPS: bytes = msgpack.packb({"fields": [], "seen": [], "groups": []})
+
+
+class StaleOffsets(Exception):
+    """Redis no longer holds the offsets this worker last wrote for some partitions.
+
+    Redis lost writes (a failover to a lagging replica, a restored snapshot) or another
+    worker moved the partitions on. Nothing of the call was written; ``stored`` maps
+    each such offset field to what Redis holds (None: nothing).
+    """
+
+    def __init__(self, stored: dict[str, str | None]) -> None:
+        super().__init__(f"offsets moved under this worker: {stored}")
+        self.stored = stored
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetUpdate:
+    """The partitions of a batch: what Redis must hold, and what to write once applied."""
+
+    key: str
+    #: (field, expected offset or "" for none, next offset after the batch)
+    parts: list[tuple[str, str, str]]
 
 
 @dataclass(slots=True)
 class ApplyResult:
     accepted: list[AcceptedEntry] = field(default_factory=list)
     duplicates: list[AcceptedEntry] = field(default_factory=list)
-    #: entries of a run whose counters they would take past 64 bits, with the counter
-    #: name: not applied (the caller dead-letters them)
+    #: entries that would take a counter of their run past 64 bits, with the counter
+    #: name: not applied (the caller dead-letters them as ``invariant``)
     overflowed: list[tuple[AcceptedEntry, str]] = field(default_factory=list)
+    #: entries on which the script itself failed, with the error: not applied (the
+    #: caller dead-letters them as ``internal``)
+    failed: list[tuple[AcceptedEntry, str]] = field(default_factory=list)
+    offsets_written: bool = False
+
+
+@dataclass(slots=True)
+class _Call:
+    groups: list[int]  # indices into the plan's pending groups
+    payload: bytes
+    blob: bytes
 
 
 @dataclass(slots=True)
 class ApplyPlan:
-    """A batch folded per run with the script arguments encoded, ready to execute."""
+    """A batch folded per run and encoded, with what is already resolved of it."""
 
-    pending: list[tuple[list[AcceptedEntry], RunDelta]]
-    args: list[Any]
-    repeats: list[AcceptedEntry]
+    token: str
+    pending: list[Group]
+    calls: list[_Call] | None
+    result: ApplyResult
+    #: groups that must be sent in a call of their own (a call with them failed)
+    alone: set[int] = field(default_factory=set)
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
 
 
 class RunStore:
@@ -75,63 +147,183 @@ class RunStore:
 
         Separate so a caller can do it while Redis still works on the previous batch.
         """
-        pending, repeats = fold_batch(entries)
-        return ApplyPlan(pending, self._encode(pending), repeats)
+        folded, repeats = fold_batch(entries)
+        pending: list[Group] = []
+        for members, delta in folded:
+            pending.extend(_split_by_size(members, delta))
+        plan = ApplyPlan(secrets.token_hex(6), pending, None, ApplyResult(duplicates=repeats))
+        plan.calls = self._encode(plan)
+        return plan
 
-    async def execute(self, plan: ApplyPlan) -> ApplyResult:
-        """The I/O part of ``apply``: one script call, more only for groups to re-fold."""
-        result = ApplyResult(duplicates=list(plan.repeats))
-        pending, args = plan.pending, plan.args
+    async def execute(self, plan: ApplyPlan, offsets: OffsetUpdate | None = None) -> ApplyResult:
+        """The I/O part of ``apply``; may be called again after it raised (Redis away):
+        it goes on from what is resolved.
+
+        With ``offsets``, they are checked by every call (``StaleOffsets`` when Redis
+        lost them) and written by the call that completes the batch when nothing had to
+        be dead-lettered; otherwise ``result.offsets_written`` stays False and the caller
+        publishes the dead letters, then calls ``write_offsets``.
+        """
         for _ in range(_MAX_ROUNDS):
-            if not pending:
-                return result
-            outcomes = _decode_results(await self._apply_script(keys=[], args=args))
-            retry: list[tuple[list[AcceptedEntry], RunDelta]] = []
-            for index, (members, _) in enumerate(pending):
-                outcome = outcomes.get(index)
-                if outcome is None:
-                    result.accepted.extend(members)
-                elif outcome[0] == "overflow" and len(members) > 1:
-                    # find the culprit(s): retry each entry as a group of its own
-                    retry.extend(([e], fold_run([e])) for e in members)
-                elif outcome[0] == "overflow":
-                    result.overflowed.append((members[0], str(outcome[1])))
-                else:
-                    seen = set(outcome[1])
-                    rest = [e for e in members if e.entry_id not in seen]
-                    result.duplicates.extend(e for e in members if e.entry_id in seen)
-                    if rest:
-                        retry.append((rest, fold_run(rest)))
-            pending = retry
-            args = self._encode(pending)
+            if plan.done:
+                return plan.result
+            await self._round(plan, offsets)
         raise RuntimeError("could not apply batch: entry ids kept conflicting")
 
-    def _encode(self, pending: list[tuple[list[AcceptedEntry], RunDelta]]) -> list[Any]:
+    async def write_offsets(self, offsets: OffsetUpdate) -> None:
+        """Write a batch's offsets alone (after its dead letters are acknowledged)."""
+        reply = await self._apply_script(
+            keys=[], args=[_NO_GROUPS, self._control("", offsets, write=True), b""]
+        )
+        self._check_stale(json.loads(reply))
+
+    async def _round(self, plan: ApplyPlan, offsets: OffsetUpdate | None) -> None:
+        calls = plan.calls if plan.calls is not None else self._encode(plan)
+        plan.calls = None
+        result = plan.result
+        retry: list[Group] = []
+        retry_alone: list[Group] = []
+        clean = True
+        done_calls = 0
+        try:
+            for ci, call in enumerate(calls):
+                write = (
+                    offsets is not None
+                    and ci == len(calls) - 1
+                    and clean
+                    and not result.overflowed
+                    and not result.failed
+                )
+                try:
+                    raw = await self._apply_script(
+                        keys=[],
+                        args=[call.payload, self._control(plan.token, offsets, write), call.blob],
+                    )
+                except ResponseError as exc:
+                    if str(exc).startswith(_TRANSIENT_PREFIXES):
+                        raise
+                    clean = False
+                    done_calls += 1
+                    self._isolate(plan, call, str(exc), retry_alone)
+                    continue
+                reply = json.loads(raw)
+                self._check_stale(reply)
+                done_calls += 1
+                if reply.get("offsets"):
+                    result.offsets_written = True
+                if not self._resolve(plan, call, reply.get("results") or [], retry):
+                    clean = False
+        finally:
+            # what is resolved stays resolved; the rest is sent again (re-encoded)
+            rest = [plan.pending[i] for call in calls[done_calls:] for i in call.groups]
+            plan.pending = retry_alone + retry + rest
+            plan.alone = set(range(len(retry_alone)))
+
+    def _resolve(
+        self, plan: ApplyPlan, call: _Call, results: list[Any], retry: list[Group]
+    ) -> bool:
+        """Record the outcome of one call; returns False when some group must go again."""
+        result = plan.result
+        outcomes = {int(index): (kind, rest) for index, kind, *rest in results}
+        clean = True
+        for local, gi in enumerate(call.groups):
+            members, _ = plan.pending[gi]
+            outcome = outcomes.get(local)
+            if outcome is None or outcome[0] == "done":
+                result.accepted.extend(members)
+                continue
+            clean = False
+            kind, detail = outcome
+            if kind == "overflow":
+                if len(members) > 1:
+                    retry.extend(([e], fold_run([e])) for e in members)
+                else:
+                    result.overflowed.append((members[0], str(detail[0])))
+                continue
+            others = set(detail[0] or ())
+            ours = set(detail[1] or ()) if len(detail) > 1 else set()
+            rest = []
+            for e in members:
+                if e.entry_id in ours:
+                    result.accepted.append(e)
+                elif e.entry_id in others:
+                    result.duplicates.append(e)
+                else:
+                    rest.append(e)
+            if rest:
+                retry.append((rest, fold_run(rest)))
+        return clean
+
+    @staticmethod
+    def _isolate(plan: ApplyPlan, call: _Call, error: str, retry_alone: list[Group]) -> None:
+        """A call failed inside the script: retry its groups one per call, then their
+        entries one by one; an entry that fails alone is reported as failed."""
+        for gi in call.groups:
+            members, delta = plan.pending[gi]
+            if gi not in plan.alone or len(call.groups) > 1:
+                retry_alone.append((members, delta))
+            elif len(members) > 1:
+                retry_alone.extend(([e], fold_run([e])) for e in members)
+            else:
+                plan.result.failed.append((members[0], error))
+
+    @staticmethod
+    def _check_stale(reply: Any) -> None:
+        if isinstance(reply, dict) and reply.get("stale"):
+            raise StaleOffsets({str(f): (str(v) or None) for f, v in reply["stale"]})
+
+    def _control(self, token: str, offsets: OffsetUpdate | None, write: bool) -> bytes:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            {
+                "stats": self._keys.stats(),
+                "token": token,
+                "dedup_ttl": self._dedup_ttl_s,
+                "entry_ttl": self._entry_ttl_s,
+                "offsets": None
+                if offsets is None
+                else [offsets.key, [list(p) for p in offsets.parts]],
+                "write_offsets": write,
+            }
+        )
+
+    def _encode(self, plan: ApplyPlan) -> list[_Call]:
+        """The pending groups as script calls of at most CALL_MAX_BYTES of bodies each;
+        groups marked ``alone`` get a call of their own."""
+        calls: list[_Call] = []
+        batch: list[int] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal batch, size
+            if batch:
+                calls.append(self._encode_call(plan, batch))
+            batch, size = [], 0
+
+        for gi, (_, delta) in enumerate(plan.pending):
+            bytes_ = sum(len(b) for _, _, b in delta.entries)
+            if gi in plan.alone:
+                flush()
+                batch = [gi]
+                flush()
+                continue
+            if batch and size + bytes_ > CALL_MAX_BYTES:
+                flush()
+            batch.append(gi)
+            size += bytes_
+        flush()
+        return calls
+
+    def _encode_call(self, plan: ApplyPlan, indices: list[int]) -> _Call:
         bodies = _Blob()
         fields: dict[str, int] = {}
         tenants: dict[str, int] = {}
-        groups = [self._group_payload(d, bodies, fields, tenants) for _, d in pending]
-        generation, expire_at = self._dedup_generation()
-        header = {
-            "stats": self._keys.stats(),
+        groups = [self._group_payload(plan.pending[i][1], bodies, fields, tenants) for i in indices]
+        payload = {
             "fields": list(fields),
-            "seen": [
-                [self._keys.seen(t, generation), self._keys.seen(t, generation - 1)]
-                for t in tenants
-            ],
+            "seen": [self._keys.seen_prefix(t) for t in tenants],
             "groups": groups,
         }
-        return [msgpack.packb(header), expire_at, self._entry_ttl_s, b"".join(bodies.parts)]
-
-    def _dedup_generation(self) -> tuple[int, int]:
-        """The current dedup generation and when its hash may expire (unix seconds).
-
-        An id is looked up in the current and the previous generation, so it is remembered
-        for at least one full retention period and at most two.
-        """
-        now = int(self._clock())
-        generation = now // self._dedup_ttl_s
-        return generation, (generation + 2) * self._dedup_ttl_s
+        return _Call(indices, msgpack.packb(payload), b"".join(bodies.parts))
 
     def _group_payload(
         self,
@@ -145,12 +337,13 @@ class RunStore:
         Entry bodies are appended to ``bodies``, one blob sent as a single argument (one
         argument per body cost more to encode than everything else); the group carries
         its first body's offset and every body's length. Counter names are interned in
-        ``fields`` (sent once per batch, referred to by 1-based index).
+        ``fields`` (sent once per call, referred to by 1-based index).
         """
         k = self._keys
         t = d.tenant_id
         own = [b if isinstance(b, bytes) else b.encode() for _, _, b in d.entries]
         body_at = bodies.add(own)
+        agent = d.agent_name
         # positional, in the order apply_batch.lua unpacks it (maps cost more to decode)
         return [
             _intern(tenants, t),
@@ -159,18 +352,20 @@ class RunStore:
             k.run(t, d.run_id),
             k.run_children(t, d.run_id),
             k.run_entries(t, d.run_id),
+            k.run_entry_index(t, d.run_id),
             d.run_id,
             k.runs_index(t),
             k.runs_by_user(t, d.user_id),
-            k.runs_by_agent(t, d.agent_name) if d.agent_name else "",
+            k.runs_by_agent(t, agent) if agent else "",
+            k.runs_by_user_agent(t, d.user_id, agent) if agent else "",
             d.user_id,
             t,
-            d.agent_name or "",
+            agent or "",
             [x for f, v in d.incr.items() for x in (_intern(fields, f), _lua_int(v))],
-            [x for f, v in d.fincr.items() for x in (_intern(fields, f), repr(v))],
             d.min_ts,
             d.max_ts,
             sorted(d.children),
+            [ts for _, ts, _ in d.entries],
         ]
 
     # --- read side ----------------------------------------------------------------------
@@ -187,7 +382,7 @@ class RunStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for run_id in ids:
                 pipe.hgetall(self._keys.run(tenant, run_id))
-                pipe.smembers(self._keys.run_children(tenant, run_id))
+                pipe.zrange(self._keys.run_children(tenant, run_id), 0, -1)
             replies = await pipe.execute()
         out: dict[str, RunRollup] = {}
         for i, run_id in enumerate(ids):
@@ -274,6 +469,25 @@ class _Blob:
         return at
 
 
+def _split_by_size(members: list[AcceptedEntry], delta: RunDelta) -> list[Group]:
+    """A run's group, or several when its bodies exceed what one call may carry (each
+    part is applied atomically with its own dedup marks)."""
+    sizes = [len(b) for _, _, b in delta.entries]
+    if sum(sizes) <= CALL_MAX_BYTES:
+        return [(members, delta)]
+    parts: list[Group] = []
+    chunk: list[AcceptedEntry] = []
+    size = 0
+    for e, n in zip(members, sizes, strict=True):
+        if chunk and size + n > CALL_MAX_BYTES:
+            parts.append((chunk, fold_run(chunk)))
+            chunk, size = [], 0
+        chunk.append(e)
+        size += n
+    parts.append((chunk, fold_run(chunk)))
+    return parts
+
+
 def _intern(fields: dict[str, int], name: str) -> int:
     index = fields.get(name)
     if index is None:
@@ -284,11 +498,3 @@ def _intern(fields: dict[str, int], name: str) -> int:
 def _lua_int(v: int) -> int | str:
     """Lua numbers are doubles: integers beyond 2^53 travel as strings."""
     return v if -(2**53) < v < 2**53 else str(v)
-
-
-def _decode_results(raw: Any) -> dict[int, tuple[str, Any]]:
-    """Group index -> ("seen", [ids]) or ("overflow", counter name); absent = applied."""
-    decoded = json.loads(raw)
-    if isinstance(decoded, dict):  # cjson encodes an empty table as {}
-        return {}
-    return {int(index): (str(kind), detail) for index, kind, detail in decoded}

@@ -62,10 +62,10 @@ def test_tool_subagent_and_custom_are_flattened() -> None:
     )
     assert (sub.call_name, sub.child_run_id, sub.duration_us) == ("coder", "r2", 3000)
     custom, entry = accept(kind="custom", type="api_calls", name="tavily", value=-2.5)
-    assert (custom.custom_type, custom.custom_name, custom.custom_value) == (
+    assert (custom.custom_type, custom.custom_name, custom.custom_nano) == (
         "api_calls",
         "tavily",
-        -2.5,
+        -2_500_000_000,
     )
     assert entry_from_stored(custom.wire_json) == entry
 

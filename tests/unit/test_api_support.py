@@ -23,9 +23,11 @@ from redis.asyncio import Redis
 from processor.api.context import ApiContext, Readiness
 from processor.api.routes import setup_routes
 from processor.domain.money import format_usd
-from processor.domain.rollup import AcceptedEntry, TokenCounts, duration_to_us
+from processor.domain.rollup import AcceptedEntry, TokenCounts, custom_to_nano, duration_to_us
+from processor.metrics import UsageMetrics
 from processor.settings import Settings
 from processor.store.keys import Keys
+from processor.store.run_queries import RunQueries
 from processor.store.runs import RunStore
 
 T0 = 1_700_000_000_000
@@ -87,18 +89,32 @@ def ready_probe(ready: bool = True) -> Callable[[], Awaitable[Readiness]]:
     return probe
 
 
+def make_queries(
+    store: RunStore, settings: Settings, metrics: UsageMetrics | None = None
+) -> RunQueries:
+    """The API's reader over the same Redis and key prefix as ``store``."""
+    return RunQueries(
+        store._redis,
+        store._keys,
+        children_limit=settings.subagent_children_limit,
+        metrics=metrics,
+    )
+
+
 def build_app(
     settings: Settings,
     store: RunStore,
     readiness: Callable[[], Awaitable[Readiness]] | None = None,
     registry: CollectorRegistry | None = None,
+    metrics: UsageMetrics | None = None,
 ) -> web.Application:
     app = web.Application()
     ctx = ApiContext(
         settings=settings,
-        runs=store,
-        registry=registry or CollectorRegistry(),
+        runs=make_queries(store, settings, metrics),
+        registry=registry or (metrics.registry if metrics else CollectorRegistry()),
         readiness=readiness or ready_probe(),
+        metrics=metrics,
     )
     setup_routes(app, ctx)
     return app
@@ -190,7 +206,7 @@ def subagent(
 def custom(run: str, ts: int, ctype: str, name: str, value: float, **kw: Any) -> AcceptedEntry:
     wire = {"id": kw.pop("id", None), "type": ctype, "name": name, "value": value}
     return _entry(
-        "custom", run, ts, wire, custom_type=ctype, custom_name=name, custom_value=value, **kw
+        "custom", run, ts, wire, custom_type=ctype, custom_name=name, custom_nano=custom_to_nano(value), **kw
     )
 
 

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.domain.rollup import (
+    CUSTOM_DECIMALS,
     T_TOKENS,
     AcceptedEntry,
     CallStats,
     RunRollup,
     TokenCounts,
+    custom_to_nano,
     duration_to_us,
     field_name,
     fold_batch,
     fold_run,
+    nano_to_number,
     sum_tree,
     us_to_ms,
     walk_tree_levels,
@@ -60,7 +64,7 @@ def entries(draw: st.DrawFn, run_id: str = "r1") -> AcceptedEntry:
         **base,
         custom_type=draw(names),
         custom_name=draw(names),
-        custom_value=float(draw(st.integers(-1000, 1000))) / 2,
+        custom_nano=draw(st.integers(-(10**24), 10**24)),
     )
 
 
@@ -79,7 +83,7 @@ def test_fold_is_order_independent(es: list[AcceptedEntry], rnd: object) -> None
     rnd.shuffle(shuffled)  # type: ignore[attr-defined]
     a, b = fold_run(es), fold_run(shuffled)
     assert merged([a.incr]) == merged([b.incr])
-    assert a.fincr == b.fincr
+    assert a.custom == b.custom
     assert (a.min_ts, a.max_ts, a.children) == (b.min_ts, b.max_ts, b.children)
 
 
@@ -101,7 +105,6 @@ def test_fold_of_split_batches_merges_to_fold_of_whole(
 def test_fields_read_back_exactly(es: list[AcceptedEntry]) -> None:
     delta = fold_run(es)
     fields = {k: str(v) for k, v in delta.incr.items()}
-    fields.update({k: repr(v) for k, v in delta.fincr.items()})
     rollup = RunRollup.from_fields("r1", fields, delta.children)
     tokens = [e.tokens for e in es if e.tokens is not None]
     assert rollup.tokens == sum(tokens, TokenCounts())
@@ -116,7 +119,7 @@ def test_fields_read_back_exactly(es: list[AcceptedEntry]) -> None:
     custom = Counter[tuple[str, str]]()
     for e in es:
         if e.kind == "custom":
-            custom[(e.custom_type or "", e.custom_name or "")] += e.custom_value  # type: ignore[assignment]
+            custom[(e.custom_type or "", e.custom_name or "")] += e.custom_nano
     for (ctype, cname), value in custom.items():
         assert rollup.custom[ctype][cname] == value
     assert rollup.children == sorted({e.child_run_id for e in es if e.child_run_id})
@@ -156,7 +159,7 @@ def test_fold_batch_drops_repeated_ids_within_a_batch() -> None:
         "{}",
         custom_type="t",
         custom_name="n",
-        custom_value=1.0,
+        custom_nano=10**9,
     )
     again = AcceptedEntry(
         "id1",
@@ -169,7 +172,7 @@ def test_fold_batch_drops_repeated_ids_within_a_batch() -> None:
         "{}",
         custom_type="t",
         custom_name="n",
-        custom_value=1.0,
+        custom_nano=10**9,
     )
     other_tenant = AcceptedEntry(
         "id1",
@@ -182,7 +185,7 @@ def test_fold_batch_drops_repeated_ids_within_a_batch() -> None:
         "{}",
         custom_type="t",
         custom_name="n",
-        custom_value=1.0,
+        custom_nano=10**9,
     )
     folded, repeats = fold_batch([e, again, other_tenant])
     assert repeats == [again]
@@ -204,7 +207,7 @@ def test_tree_walk_counts_each_run_once_and_cuts_cycles() -> None:
 
 
 def test_sum_tree_adds_tokens_cost_and_custom() -> None:
-    def rollup(run: str, prompt: int, cost: int, custom: float) -> RunRollup:
+    def rollup(run: str, prompt: int, cost: int, custom: int) -> RunRollup:
         return RunRollup(
             run,
             "default",
@@ -221,10 +224,10 @@ def test_sum_tree_adds_tokens_cost_and_custom() -> None:
             [],
         )
 
-    totals = sum_tree([rollup("a", 10, 7, 1.5), rollup("b", 5, 3, 2.5)])
+    totals = sum_tree([rollup("a", 10, 7, 1_500_000_000), rollup("b", 5, 3, 2_500_000_000)])
     assert totals.tokens == TokenCounts(prompt=15, total=15)
     assert totals.cost_pico == 10
-    assert totals.custom == {"api": {"x": 4}}
+    assert totals.custom == {"api": {"x": 4_000_000_000}}
 
 
 @settings(max_examples=100)
@@ -241,9 +244,9 @@ def test_fold_batch_equals_grouping_then_folding(
     assert [members for members, _ in folded] == list(groups.values())
     for members, delta in folded:
         expected = fold_run(members)
-        assert (delta.incr, delta.fincr, delta.children) == (
+        assert (delta.incr, delta.custom, delta.children) == (
             expected.incr,
-            expected.fincr,
+            expected.custom,
             expected.children,
         )
         assert (delta.min_ts, delta.max_ts, delta.entry_ids) == (
@@ -251,3 +254,23 @@ def test_fold_batch_equals_grouping_then_folding(
             expected.max_ts,
             expected.entry_ids,
         )
+
+
+@given(st.lists(st.sampled_from([0.1, 0.2, 0.3, 1e-9, 2.5e-7, -0.7, 123.456]), max_size=60))
+def test_custom_values_sum_exactly_whatever_the_order(values: list[float]) -> None:
+    exact = sum((Decimal(repr(v)) for v in values), Decimal(0))
+    nano = sum(custom_to_nano(v) for v in values)
+    assert Decimal(nano).scaleb(-CUSTOM_DECIMALS) == exact
+    assert sum(custom_to_nano(v) for v in reversed(values)) == nano
+
+
+def test_custom_values_round_half_even_below_nine_decimals() -> None:
+    assert custom_to_nano(5e-324) == 0
+    assert custom_to_nano(-0.0) == 0
+    assert custom_to_nano(1.5e-9) == 2
+    assert custom_to_nano(2.5e-9) == 2
+    assert custom_to_nano(1e15) == 10**24
+    assert custom_to_nano(3) == 3 * 10**9
+    assert nano_to_number(300 * 10**9) == 300
+    assert nano_to_number(-1) == -1e-9
+    assert nano_to_number(10**24 + 1) == 1e15

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from redis.asyncio import Redis
@@ -94,20 +95,33 @@ async def test_an_overflowing_entry_is_reported_and_nothing_of_it_written(
     assert after["c|m"] == before["c|m"]
     assert int(after["n"]) == 10
     # the rejected entry's id was not marked applied (the applied ones were)
-    generation, _ = store._dedup_generation()
+    generation = await server_generation(redis, 3600)
     seen = Keys(store._keys.prefix).seen("default", generation)
     assert await redis.hexists(seen, "fine")  # type: ignore[misc]
     assert not await redis.hexists(seen, "too-much")  # type: ignore[misc]
 
 
-async def test_ids_are_remembered_across_one_generation_boundary(redis: Redis, prefix: str) -> None:
-    # real epoch seconds: Redis expires the generation hashes by its own clock
-    start = (time.time() // 100) * 100 + 10
-    now = [start]
-    store = RunStore(redis, Keys(prefix), dedup_ttl_s=100, entry_ttl_s=1000, clock=lambda: now[0])
+async def server_generation(redis: Redis, ttl: int) -> int:
+    seconds, _ = await redis.time()
+    return int(seconds) // ttl
+
+
+async def test_generations_follow_the_redis_server_clock(redis: Redis, prefix: str) -> None:
+    # one-second generations: an id is remembered in its own and the next generation
+    store = RunStore(redis, Keys(prefix), dedup_ttl_s=1, entry_ttl_s=1000)
     entry = tokens("r", T0, "m", 1, 1, 1, id="once")
+    now = await server_generation(redis, 1)
     assert len((await store.apply([entry])).accepted) == 1
-    now[0] = start + 189  # the next generation: the previous one is still consulted
+    marked = [
+        g
+        for g in (now, now + 1)
+        if await redis.hexists(Keys(prefix).seen("default", g), "once")  # type: ignore[misc]
+    ]
+    assert len(marked) == 1
+    deadline = time.monotonic() + 10
+    while await server_generation(redis, 1) != marked[0] + 1:
+        assert time.monotonic() < deadline, "Redis clock did not move on"
+        await asyncio.sleep(0.05)
     assert len((await store.apply([entry])).duplicates) == 1
-    generation, expire_at = store._dedup_generation()
-    assert (generation, expire_at) == (start // 100 + 1, (start // 100 + 3) * 100)
+    ttl = await redis.ttl(Keys(prefix).seen("default", marked[0]))
+    assert 0 < ttl <= 2
