@@ -8,17 +8,14 @@ docs/decisions.md has the measurements behind that split.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaClient
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -26,11 +23,13 @@ from redis.asyncio import Redis
 from processor.api.context import ApiContext, Readiness
 from processor.consumer import IngestConsumer
 from processor.domain.pricing import load_catalog
+from processor.health import DependencyMonitor
 from processor.ingest import IngestPipeline
 from processor.metrics import UsageMetrics
 from processor.publisher import Publisher
 from processor.settings import Settings
 from processor.store.keys import Keys
+from processor.store.run_queries import RunQueries
 from processor.store.runs import RunStore
 
 log = logging.getLogger(__name__)
@@ -54,31 +53,6 @@ class UsageApp(faust.App):  # type: ignore[misc]
             from processor.api.routes import setup_routes
 
             setup_routes(web.web_app, self.api_context)
-
-
-class KafkaProbe:
-    """Answers "does the broker answer a metadata request?", cached for a second."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self._bootstrap = bootstrap
-        self._checked_at = 0.0
-        self._ok = False
-        self._lock = asyncio.Lock()
-
-    async def ok(self) -> bool:
-        async with self._lock:
-            if time.monotonic() - self._checked_at < _READY_CACHE_S:
-                return self._ok
-            client = AIOKafkaClient(bootstrap_servers=self._bootstrap, request_timeout_ms=3000)
-            try:
-                await asyncio.wait_for(client.bootstrap(), timeout=3)
-                self._ok = True
-            except Exception:  # any failure means "not reachable" for readiness
-                self._ok = False
-            finally:
-                await client.close()
-            self._checked_at = time.monotonic()
-            return self._ok
 
 
 def create_app(settings: Settings) -> UsageApp:
@@ -137,29 +111,42 @@ def create_app(settings: Settings) -> UsageApp:
         metrics=metrics,
         publish_dead_letters=lambda letters: publisher.publish(settings.topic_dlq, letters),
     )
-    ingest = IngestConsumer(settings, pipeline)
-    app.extra_services = [publisher, ingest]
-
-    kafka_probe = KafkaProbe(settings.kafka_bootstrap)
+    ingest = IngestConsumer(settings, pipeline, runs, metrics)
+    monitor = DependencyMonitor(settings.kafka_bootstrap, redis)
+    app.extra_services = [monitor, publisher, ingest]
 
     async def readiness() -> Readiness:
-        try:
-            redis_ok = bool(await asyncio.wait_for(redis.ping(), timeout=2))
-        except Exception:
-            redis_ok = False
-        kafka_ok = await kafka_probe.ok()
+        details = [f"{name} unreachable" for name in ("kafka", "redis") if not monitor.up(name)]
         partitions_ok = ingest.joined.is_set()
-        detail = "" if partitions_ok else "waiting for partition assignment"
+        if not partitions_ok:
+            details.append("waiting for partition assignment")
+        stalled = ingest.failures.stalled_for()
+        if stalled:
+            details.append(
+                f"a batch has failed to apply for {stalled:.0f} s "
+                f"({ingest.failures.attempts} attempts, last error {ingest.failures.last_error})"
+            )
         return Readiness(
-            kafka=kafka_ok, redis=redis_ok, partitions_assigned=partitions_ok, detail=detail
+            kafka=monitor.up("kafka"),
+            redis=monitor.up("redis"),
+            partitions_assigned=partitions_ok,
+            applying=not stalled,
+            detail="; ".join(details),
         )
 
+    queries = RunQueries(
+        redis,
+        Keys(settings.key_prefix),
+        children_limit=settings.subagent_children_limit,
+        metrics=metrics,
+    )
     app.api_context = ApiContext(
         settings=settings,
-        runs=runs,
+        runs=queries,
         registry=registry,
         readiness=readiness,
         publish=publisher.publish,
         metrics=metrics,
+        kafka_up=lambda: monitor.up("kafka"),
     )
     return app

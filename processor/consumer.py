@@ -3,12 +3,15 @@
 Why not a Faust agent: measured on this 2-core machine, a Faust agent that does nothing
 but `take_events` moves ~7,800 entries/s while a plain aiokafka consumer decoding JSON
 moves ~174,000/s, so no agent body could reach a quarter of the raw ceiling
-(docs/decisions.md). Faust still runs the worker: lifecycle, web server, sensors, tables.
+(docs/decisions.md). Faust still runs the worker: lifecycle, web server, sensors.
 
-Delivery: at-least-once with offsets committed only after a batch's effects are in Redis
-and its dead letters are acknowledged by Kafka; the Redis apply is idempotent per entry
-id, so redelivery after a crash or rebalance changes nothing. While batch N is applied
-in Redis, batch N+1 is fetched and validated (two batches in flight at most).
+Positions live with the state: each batch's step in Redis writes its partitions' next
+offsets together with its effects and dedup marks, and checks that Redis still holds the
+offsets this worker wrote last. On assignment a partition starts from the offset Redis
+holds; when Redis lost writes (a failover to a lagging replica, a restored snapshot),
+the check fails and the partition is re-read from what Redis holds, so the lost effects
+come back exactly. Offsets are committed to Kafka as well, for lag monitoring. While
+batch N is applied, batch N+1 is fetched and validated (two batches in flight at most).
 """
 
 from __future__ import annotations
@@ -26,17 +29,22 @@ from mode import Service
 from redis.exceptions import RedisError
 
 from processor.ingest import IngestPipeline, PreparedBatch, RawMessage
+from processor.metrics import UsageMetrics
 from processor.settings import Settings
+from processor.store.keys import Keys
+from processor.store.runs import RunStore, StaleOffsets
 
 log = logging.getLogger(__name__)
 
-_RETRY_MAX_S = 5.0
 _STOP_DRAIN_S = 10.0
+_RETRYABLE = (RedisError, KafkaError, OSError, TimeoutError)
 
 
 @dataclass(slots=True)
 class _InFlight:
     task: asyncio.Task[None]
+    #: next offset per partition, for the Kafka commit (partitions dropped from the
+    #: batch because they were re-read are removed)
     offsets: dict[TopicPartition, int]
 
 
@@ -44,24 +52,93 @@ def ingest_group_id(settings: Settings) -> str:
     return f"{settings.app_id}.ingest"
 
 
+class ApplyFailures:
+    """Failed attempts to apply the current batch: counted, logged once per state change,
+    and reported as a stall once they last ``stall_after_s``."""
+
+    def __init__(self, metrics: UsageMetrics | None, stall_after_s: float) -> None:
+        self._metrics = metrics
+        self._stall_after_s = stall_after_s
+        self.since: float | None = None
+        self.attempts = 0
+        self.last_error = ""
+        self._reported_stall = False
+
+    def failed(self, exc: BaseException, where: str) -> None:
+        self.attempts += 1
+        self.last_error = repr(exc)
+        if self._metrics is not None:
+            self._metrics.apply_failures.inc()
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            log.warning("batch not applied (%r); retrying with back-off", exc)
+        elif not self._reported_stall and now - self.since >= self._stall_after_s:
+            self._reported_stall = True
+            log.error(
+                "batch %s not applied for %.0f s (%d attempts, last error %r); "
+                "/readyz reports the stall until it is",
+                where,
+                now - self.since,
+                self.attempts,
+                exc,
+            )
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.info(
+                "batch applied again after %d failed attempts over %.1f s",
+                self.attempts,
+                time.monotonic() - self.since,
+            )
+        self.since = None
+        self.attempts = 0
+        self._reported_stall = False
+
+    def stalled_for(self) -> float:
+        """Seconds the current batch has failed to apply, once past the stall threshold."""
+        if self.since is None:
+            return 0.0
+        elapsed = time.monotonic() - self.since
+        return elapsed if elapsed >= self._stall_after_s else 0.0
+
+
 class IngestConsumer(Service):  # type: ignore[misc]
     """Consumes `usage.entries` and applies each batch exactly once in effect."""
 
-    def __init__(self, settings: Settings, pipeline: IngestPipeline, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: IngestPipeline,
+        runs: RunStore,
+        metrics: UsageMetrics | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._settings = settings
         self._pipeline = pipeline
+        self._runs = runs
+        self._metrics = metrics
+        self._group = ingest_group_id(settings)
         self._consumer: AIOKafkaConsumer | None = None
         self._inflight: _InFlight | None = None
         self.assigned: set[TopicPartition] = set()
         self._committed: dict[TopicPartition, int] = {}
+        #: what Redis holds (as far as this worker knows) for each assigned partition
+        self._held: dict[TopicPartition, int | None] = {}
+        #: bumped whenever a partition's position is moved (seek); a batch fetched
+        #: before the move drops that partition's records
+        self._epoch: dict[TopicPartition, int] = {}
+        #: partition -> offset to re-read from, decided by an apply, done by the loop
+        self._rewinds: dict[TopicPartition, int | None] = {}
+        self.failures = ApplyFailures(metrics, settings.apply_stall_seconds)
         self.joined = asyncio.Event()
 
     async def on_start(self) -> None:
         s = self._settings
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
-            group_id=ingest_group_id(s),
+            group_id=self._group,
             client_id=f"{s.app_id}-ingest",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -81,7 +158,7 @@ class IngestConsumer(Service):  # type: ignore[misc]
             return
         try:
             # Finish the batch in flight if it can be; one stuck retrying (Redis or Kafka
-            # down) is abandoned uncommitted and comes back to whoever owns it next.
+            # down) is abandoned and comes back to whoever owns the partitions next.
             await asyncio.wait_for(self._drain(), timeout=_STOP_DRAIN_S)
         except (TimeoutError, asyncio.CancelledError):
             log.warning("stopping with a batch in flight; it will be re-delivered")
@@ -106,31 +183,35 @@ class IngestConsumer(Service):  # type: ignore[misc]
         wait_ms = self._settings.batch_max_wait_ms
         max_records = self._settings.batch_max_entries
         while not self.should_stop:
-            records = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
+            try:
+                records = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
+            except KafkaError as exc:
+                # fetch errors (an offset out of range after a rewind, a broker going
+                # away) are aiokafka's to recover from; never the end of the loop
+                log.debug("fetch failed: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
             if not records:
                 await self._drain()
+                await self._do_rewinds()
                 continue
             messages: list[RawMessage] = []
             offsets: dict[TopicPartition, int] = {}
+            epochs: dict[TopicPartition, int] = {}
             for tp, msgs in records.items():
                 offsets[tp] = msgs[-1].offset + 1
+                epochs[tp] = self._epoch.get(tp, 0)
                 messages.extend(msgs)
-            t0 = time.perf_counter()
             prepared = self._pipeline.prepare(messages)
-            t1 = time.perf_counter()
             previous = self._inflight
             if previous is not None:
                 await previous.task
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "batch of %d: prepared in %.1f ms, waited %.1f ms for the previous apply",
-                    len(messages),
-                    (t1 - t0) * 1000,
-                    (time.perf_counter() - t1) * 1000,
-                )
+            # seeks happen here only, between two fetches, so a fetch never mixes
+            # records from before and after a seek
+            await self._do_rewinds()
             # Start this batch before committing the previous one: the commit's round trip
             # to Kafka then overlaps the Redis call instead of delaying it.
-            task = asyncio.create_task(self._apply_until_done(prepared))
+            task = asyncio.create_task(self._apply_until_done(prepared, offsets, epochs))
             self._inflight = _InFlight(task, offsets)
             if previous is not None:
                 await self._commit(previous.offsets)
@@ -150,8 +231,8 @@ class IngestConsumer(Service):  # type: ignore[misc]
             await self._commit(inflight.offsets)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit offsets of applied batches; never moves a partition's offset backwards
-        (the fetch loop and the rebalance listener may commit in either order)."""
+        """Commit applied offsets to Kafka (for lag monitoring: positions are read from
+        Redis); never moves a partition's offset backwards."""
         assert self._consumer is not None
         owned = {
             tp: o
@@ -164,26 +245,99 @@ class IngestConsumer(Service):  # type: ignore[misc]
             await self._consumer.commit(owned)
             self._committed.update(owned)
         except (CommitFailedError, KafkaError) as exc:
-            # The group moved on (rebalance); the new owner re-reads from the last commit
-            # and the idempotent apply turns the overlap into duplicates, not double counts.
-            log.warning("offset commit skipped: %r", exc)
+            log.debug("offset commit skipped: %r", exc)
 
-    async def _apply_until_done(self, prepared: PreparedBatch) -> None:
-        """Retry while Redis or Kafka are unavailable instead of dropping the batch."""
+    # --- applying one batch -------------------------------------------------------------
+
+    async def _apply_until_done(
+        self,
+        prepared: PreparedBatch,
+        offsets: dict[TopicPartition, int],
+        epochs: dict[TopicPartition, int],
+    ) -> None:
+        """Apply the batch, retrying while Redis or Kafka are away; never gives up on a
+        batch (a poison entry is dead-lettered by the pipeline, not retried)."""
         delay = 0.1
-        while True:
+        moved = {
+            tp
+            for tp, epoch in epochs.items()
+            if tp not in self.assigned or self._epoch.get(tp, 0) != epoch
+        }
+        if moved:
+            prepared = self._without(prepared, offsets, moved)
+        while offsets:
+            update = self._runs.offset_update(
+                self._group,
+                [(tp.topic, tp.partition, self._held.get(tp), end) for tp, end in offsets.items()],
+            )
             try:
-                await self._pipeline.apply(prepared)
-                return
-            except (RedisError, KafkaError, OSError) as exc:
-                log.warning(
-                    "batch of %d not applied (%r); retrying in %.1fs",
-                    len(prepared.valid) + len(prepared.letters),
-                    exc,
-                    delay,
-                )
+                await self._pipeline.apply(prepared, update)
+            except StaleOffsets as stale:
+                moved = self._plan_rewinds(stale, offsets)
+                prepared = self._without(prepared, offsets, moved)
+                continue
+            except _RETRYABLE as exc:
+                self.failures.failed(exc, _describe(offsets, prepared))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
+                delay = min(delay * 2, self._settings.retry_max_seconds)
+                continue
+            self.failures.succeeded()
+            for tp, end in offsets.items():
+                self._held[tp] = end
+            return
+
+    def _without(
+        self,
+        prepared: PreparedBatch,
+        offsets: dict[TopicPartition, int],
+        partitions: set[TopicPartition],
+    ) -> PreparedBatch:
+        """The batch less the records of ``partitions`` (which will be read again)."""
+        for tp in partitions:
+            offsets.pop(tp, None)
+        keep = [
+            m for m in prepared.messages if TopicPartition(m.topic, m.partition) not in partitions
+        ]
+        return self._pipeline.prepare(keep)
+
+    def _plan_rewinds(
+        self, stale: StaleOffsets, offsets: dict[TopicPartition, int]
+    ) -> set[TopicPartition]:
+        by_field = {Keys.offset_field(tp.topic, tp.partition): tp for tp in offsets}
+        moved: set[TopicPartition] = set()
+        for field, held in stale.stored.items():
+            tp = by_field.get(field)
+            if tp is None:
+                continue
+            moved.add(tp)
+            target = None if held is None else int(held)
+            log.warning(
+                "partition %s[%d]: Redis holds offset %s where this worker wrote %s "
+                "(Redis lost writes, or another worker moved it on); re-reading from %s",
+                tp.topic,
+                tp.partition,
+                held,
+                self._held.get(tp),
+                "the beginning" if target is None else target,
+            )
+            self._rewinds[tp] = target
+            self._held[tp] = target
+            if self._metrics is not None:
+                self._metrics.offset_rewinds.inc()
+        return moved
+
+    async def _do_rewinds(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        rewinds, self._rewinds = self._rewinds, {}
+        for tp, target in rewinds.items():
+            if tp not in self.assigned:
+                continue
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+            if target is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, target)
 
     # --- rebalance hooks (called by aiokafka inside getmany) ---------------------------
 
@@ -191,13 +345,60 @@ class IngestConsumer(Service):  # type: ignore[misc]
         await self._drain()
         self.assigned -= revoked
         for tp in revoked:
-            # a partition assigned again later starts from the group's committed offset
+            # a partition assigned again later starts from what Redis holds then
             self._committed.pop(tp, None)
+            self._held.pop(tp, None)
+            self._rewinds.pop(tp, None)
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start every new partition from the offset Redis holds.
+
+        Where Redis holds offsets for the group but not for this partition, no batch of
+        it was ever applied to this Redis: start from the beginning. Where Redis holds
+        none for the group at all (a first start, or an upgrade from a version that
+        kept positions in Kafka only), start from Kafka's committed offset.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        tps = sorted(assigned, key=lambda tp: (tp.topic, tp.partition))
+        exists, held = await self._read_offsets(tps)
+        for tp, offset in zip(tps, held, strict=True):
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+            self._held[tp] = offset
+            if offset is not None:
+                consumer.seek(tp, offset)
+            elif exists:
+                await consumer.seek_to_beginning(tp)
         self.assigned |= assigned
         self.joined.set()
-        log.info("ingest partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        log.info(
+            "ingest partitions assigned: %s (from the offsets Redis holds: %s)",
+            [tp.partition for tp in tps],
+            {tp.partition: o for tp, o in zip(tps, held, strict=True)},
+        )
+
+    async def _read_offsets(self, tps: list[TopicPartition]) -> tuple[bool, list[int | None]]:
+        delay = 0.1
+        while True:
+            try:
+                return await self._runs.stored_offsets(
+                    self._group, [(tp.topic, tp.partition) for tp in tps]
+                )
+            except _RETRYABLE as exc:
+                self.failures.failed(exc, "offsets on assignment")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.retry_max_seconds)
+
+
+def _describe(offsets: dict[TopicPartition, int], prepared: PreparedBatch) -> str:
+    first: dict[tuple[str, int], int] = {}
+    for m in prepared.messages:
+        key = (m.topic, m.partition)
+        first[key] = min(first.get(key, m.offset), m.offset)
+    return ", ".join(
+        f"{tp.topic}[{tp.partition}] offsets {first.get((tp.topic, tp.partition), '?')}-{end - 1}"
+        for tp, end in sorted(offsets.items(), key=lambda kv: kv[0].partition)
+    )
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -208,4 +409,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         return self._owner.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._owner.on_assigned(set(assigned))
+        await self._owner.on_assigned(set(assigned))

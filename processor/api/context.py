@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from processor.metrics import UsageMetrics
 from processor.settings import Settings
-from processor.store.runs import RunStore
+from processor.store.run_queries import RunQueries
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,11 +19,13 @@ class Readiness:
     kafka: bool
     redis: bool
     partitions_assigned: bool
+    #: False while a batch has failed to apply for longer than USAGE_APPLY_STALL_SECONDS
+    applying: bool = True
     detail: str = ""
 
     @property
     def ready(self) -> bool:
-        return self.kafka and self.redis and self.partitions_assigned
+        return self.kafka and self.redis and self.partitions_assigned and self.applying
 
 
 #: Publish (key, value) messages to a topic and wait until the broker acknowledged all.
@@ -33,9 +35,12 @@ Publish = Callable[[str, Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class ApiContext:
     settings: Settings
-    runs: RunStore
+    runs: RunQueries
     registry: CollectorRegistry
     readiness: Callable[[], Awaitable[Readiness]]
     publish: Publish | None = None
     #: The worker's metrics; HTTP ingest counts its rejections there (None: not counted).
     metrics: UsageMetrics | None = None
+    #: Whether the broker answered the last probe; HTTP ingest answers 503 at once when
+    #: not (None: unknown, publish and see)
+    kafka_up: Callable[[], bool] | None = None

@@ -66,7 +66,7 @@ MAX_ENTRIES: Final = 1000
 #: At most this many body bytes per request (5 MiB).
 MAX_BODY_BYTES: Final = 5 * 1024 * 1024
 #: Longest wait for the broker's acknowledgements before answering 503.
-PUBLISH_TIMEOUT_S: Final = 30.0
+PUBLISH_TIMEOUT_S: Final = 10.0
 _READ_CHUNK: Final = 64 * 1024
 _KINDS: Final = frozenset({"tokens", "tool", "subagent", "custom"})
 
@@ -222,6 +222,11 @@ class IngestViews:
         publish = self._ctx.publish
         if publish is None:
             raise ApiError(503, "unavailable", "ingest is not available: no Kafka publisher")
+        kafka_up = self._ctx.kafka_up
+        if kafka_up is not None and not kafka_up():
+            raise ApiError(
+                503, "unavailable", "Kafka is unavailable; the entries were not accepted, retry"
+            )
         settings = self._ctx.settings
         sends = []
         if entries:

@@ -22,6 +22,7 @@ def readiness_to_wire(r: Readiness) -> dict[str, Any]:
         "kafka": r.kafka,
         "redis": r.redis,
         "partitionsAssigned": r.partitions_assigned,
+        "applying": r.applying,
         "detail": r.detail,
     }
 

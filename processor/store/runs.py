@@ -177,6 +177,29 @@ class RunStore:
         )
         self._check_stale(json.loads(reply))
 
+    def offset_update(
+        self, group_id: str, parts: Iterable[tuple[str, int, int | None, int]]
+    ) -> OffsetUpdate:
+        """(topic, partition, offset Redis holds or None, next offset) -> an update."""
+        return OffsetUpdate(
+            self._keys.offsets(group_id),
+            [
+                (Keys.offset_field(topic, p), "" if held is None else str(held), str(end))
+                for topic, p, held, end in parts
+            ],
+        )
+
+    async def stored_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]]
+    ) -> tuple[bool, list[int | None]]:
+        """Whether the group has any offset in Redis, and each partition's (None: none)."""
+        key = self._keys.offsets(group_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(key)
+            pipe.hmget(key, [Keys.offset_field(t, p) for t, p in partitions])
+            exists, values = await pipe.execute()
+        return bool(exists), [None if v is None else int(v) for v in values]
+
     async def _round(self, plan: ApplyPlan, offsets: OffsetUpdate | None) -> None:
         calls = plan.calls if plan.calls is not None else self._encode(plan)
         plan.calls = None

@@ -61,6 +61,12 @@ async def test_healthz(store: RunStore) -> None:
         (Readiness(kafka=False, redis=True, partitions_assigned=True, detail="no broker"), 503),
         (Readiness(kafka=True, redis=False, partitions_assigned=True), 503),
         (Readiness(kafka=True, redis=True, partitions_assigned=False), 503),
+        (
+            Readiness(
+                kafka=True, redis=True, partitions_assigned=True, applying=False, detail="stall"
+            ),
+            503,
+        ),
     ],
 )
 async def test_readyz_reports_every_part(store: RunStore, state: Readiness, status: int) -> None:
@@ -76,6 +82,7 @@ async def test_readyz_reports_every_part(store: RunStore, state: Readiness, stat
             "kafka": state.kafka,
             "redis": state.redis,
             "partitionsAssigned": state.partitions_assigned,
+            "applying": state.applying,
             "detail": state.detail,
         }
     finally:

@@ -73,6 +73,9 @@ def merged(deltas: list[dict[str, int]]) -> dict[str, int]:
     total: Counter[str] = Counter()
     for d in deltas:
         total.update(d)
+    # a custom sum is units * 10**9 + nano, whichever way it is split between the two
+    for name in [k for k in total if k.startswith("xn|")]:
+        total["x|" + name[3:]] = total["x|" + name[3:]] * 10**9 + total.pop(name)
     return {k: v for k, v in total.items() if v}
 
 
