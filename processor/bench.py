@@ -7,6 +7,8 @@
    counts entries fully applied (from the worker's own counters).
 4. Latency: a fixed offered load; probe entries open runs of their own, and the time from
    produce to the run's rollup being readable in Redis is recorded.
+5. Entries pages: one run of 100,000 entries (written through the real apply path), and
+   the time of ``GET /v1/runs/{runId}/entries`` at random offsets over the worker's API.
 Absolute rates vary run to run on shared machines; the ratio is the figure to quote.
 """
 
@@ -14,20 +16,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
+from processor.domain.accept import accept_entry
+from processor.domain.pricing import load_catalog
+from processor.domain.rollup import AcceptedEntry
 from processor.local_worker import LocalWorker
 from processor.settings import Settings
 from processor.simulate import Fleet, encode
 from processor.stack.connect import with_local_stack
 from processor.store.keys import Keys
+from processor.store.runs import RunStore
 from processor.topics import ensure_topics
+from schemas.entry import parse_entry
+
+#: Entries of the one run whose entries pages are timed.
+_BIG_RUN = 100_000
 
 
 async def _produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
@@ -170,6 +182,63 @@ async def _latency(
     return latencies
 
 
+async def _write_big_run(settings: Settings, run_id: str, n: int) -> None:
+    """``n`` entries of one run through the real validate, price and apply path."""
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    store = RunStore(
+        redis,
+        Keys(settings.key_prefix),
+        dedup_ttl_s=settings.dedup_retention_seconds,
+        entry_ttl_s=settings.entry_retention_seconds,
+    )
+    catalog = load_catalog(settings.prices_file)
+    now = _now_ms()
+    fleet = Fleet(seed=5, run_prefix=run_id, start_ms=now - n)
+    try:
+        batch: list[AcceptedEntry] = []
+        for i, entry in enumerate(fleet.entries(n)):
+            entry.pop("parentRunId", None)
+            if entry["kind"] == "subagent":  # no children: the tree is not measured here
+                entry.update(kind="custom", type="probe", name="probe", value=1)
+                for f in ("subAgentType", "subAgentRunId", "durationMs", "success"):
+                    entry.pop(f, None)
+            # one run, timestamps in pairs: ties ordered by id, as the contract says
+            entry.update(runId=run_id, id=f"{run_id}-{i:06d}", timestamp=now - n + i // 2)
+            _, raw = encode(entry)
+            batch.append(accept_entry(parse_entry(raw, now_ms=now), raw, catalog))
+            if len(batch) == settings.batch_max_entries:
+                await store.apply(batch)
+                batch = []
+        if batch:
+            await store.apply(batch)
+    finally:
+        await redis.aclose()
+
+
+async def _entries_page_latency(
+    settings: Settings, api_url: str, *, entries: int, requests: int
+) -> list[float]:
+    """Latencies (s) of ``GET /v1/runs/{runId}/entries`` at random offsets of one run
+    holding ``entries`` entries, one request at a time over a kept-alive connection."""
+    run_id = f"big-{uuid.uuid4().hex[:6]}"
+    await _write_big_run(settings, run_id, entries)
+    rnd = random.Random(13)
+    url = f"{api_url}/v1/runs/{run_id}/entries"
+    latencies: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(requests + 10):  # the first 10 warm the connection up
+            params = {"offset": str(rnd.randrange(entries)), "limit": "100"}
+            t0 = time.perf_counter()
+            async with session.get(url, params=params) as resp:
+                body = await resp.json()
+            elapsed = time.perf_counter() - t0
+            if resp.status != 200 or body["total"] != entries:
+                raise RuntimeError(f"entries page answered {resp.status}: {str(body)[:200]}")
+            if i >= 10:
+                latencies.append(elapsed)
+    return latencies
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -249,6 +318,15 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
             latencyP50Ms=round(p50 * 1000, 1),
             latencyP99Ms=round(p99 * 1000, 1),
         )
+        pages = asyncio.run(
+            _entries_page_latency(settings, worker.url, entries=_BIG_RUN, requests=200)
+        )
+        p50, p99 = _percentile(pages, 0.5), _percentile(pages, 0.99)
+        print(
+            f"entries page (limit 100, random offset) of a run with {_BIG_RUN:,} entries, "
+            f"{len(pages)} requests over HTTP: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
+        )
+        result.update(entriesPageP50Ms=round(p50 * 1000, 2), entriesPageP99Ms=round(p99 * 1000, 2))
         print("result " + json.dumps(result))
     finally:
         worker.stop()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from typing import Any, Final
 
 from aiohttp import web
 
 from processor.api.auth import tenant_of
 from processor.api.context import ApiContext
-from processor.api.errors import not_found
+from processor.api.errors import ApiError, not_found
 from processor.api.params import (
     check_range,
     get_bool,
@@ -28,6 +27,7 @@ from processor.domain.rollup import (
     sum_tree,
     us_to_ms,
 )
+from processor.store.run_queries import EntryFilter
 
 ENTRY_KINDS: Final = ("tokens", "tool", "subagent", "custom")
 
@@ -78,41 +78,11 @@ def rollup_to_wire(run: RunRollup, tree: TreeTotals) -> dict[str, Any]:
 
 
 def tree_totals(runs: Iterable[RunRollup]) -> TreeTotals:
-    """``sum_tree`` over ``runs``, custom values passed as floats.
-
-    Works around ``domain.rollup._number`` calling ``float.is_integer`` on an int sum
-    (``int.is_integer`` only exists from Python 3.12); harmless once that is fixed.
-    """
-    return sum_tree(
-        replace(
-            r, custom={t: {n: float(v) for n, v in names.items()} for t, names in r.custom.items()}
-        )
-        for r in runs
-    )
+    return sum_tree(runs)
 
 
-def filter_entries(
-    entries: Iterable[Mapping[str, Any]],
-    *,
-    kinds: frozenset[str] | None,
-    step_min: int | None,
-    step_max: int | None,
-    start: int | None,
-    end: int | None,
-) -> list[Mapping[str, Any]]:
-    """Entries passing every given filter; bounds are inclusive, ``stepCount`` defaults to 0."""
-    out: list[Mapping[str, Any]] = []
-    for entry in entries:
-        if kinds is not None and entry.get("kind") not in kinds:
-            continue
-        step = entry.get("stepCount", 0)
-        if (step_min is not None and step < step_min) or (step_max is not None and step > step_max):
-            continue
-        ts = entry.get("timestamp", 0)
-        if (start is not None and ts < start) or (end is not None and ts > end):
-            continue
-        out.append(entry)
-    return out
+def _run_not_found(run_id: str) -> ApiError:
+    return not_found(f"run {run_id!r} not found")
 
 
 class RunViews:
@@ -122,20 +92,23 @@ class RunViews:
     async def _rollup_or_404(self, tenant: str, run_id: str) -> RunRollup:
         run = await self._ctx.runs.get_rollup(tenant, run_id)
         if run is None:
-            raise not_found(f"run {run_id!r} not found")
+            raise _run_not_found(run_id)
         return run
 
     async def rollup(self, request: web.Request) -> web.Response:
         run_id = request.match_info["runId"]
         include = get_bool(request.query, "includeSubAgents", default=True)
         tenant = tenant_of(request)
-        run = await self._rollup_or_404(tenant, run_id)
         if include:
+            # the walk reads the run itself as its first level
             tree = await self._ctx.runs.get_tree(
-                tenant, run, self._ctx.settings.subagent_depth_limit
+                tenant, run_id, self._ctx.settings.subagent_depth_limit
             )
-            totals = tree_totals(tree)
+            if not tree:
+                raise _run_not_found(run_id)
+            run, totals = tree[0], tree_totals(tree)
         else:
+            run = await self._rollup_or_404(tenant, run_id)
             totals = tree_totals([run])
         return web.json_response(rollup_to_wire(run, totals))
 
@@ -152,18 +125,13 @@ class RunViews:
         limit = get_limit(q)
         offset = get_int(q, "offset", default=0)
         assert offset is not None
-        tenant = tenant_of(request)
-        await self._rollup_or_404(tenant, run_id)
-        matching = filter_entries(
-            await self._ctx.runs.get_entries(tenant, run_id),
-            kinds=kinds,
-            step_min=step_min,
-            step_max=step_max,
-            start=start,
-            end=end,
+        where = EntryFilter(kinds=kinds, step_min=step_min, step_max=step_max, start=start, end=end)
+        page = await self._ctx.runs.entries_page(
+            tenant_of(request), run_id, where, offset=offset, limit=limit
         )
-        page = matching[offset : offset + limit]
-        return web.json_response({"entries": page, "total": len(matching)})
+        if page is None:
+            raise _run_not_found(run_id)
+        return web.json_response({"entries": page.entries, "total": page.total})
 
     async def list_runs(self, request: web.Request) -> web.Response:
         q = request.query

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from processor.domain.pricing import PriceCatalog
 from processor.settings import Settings
 from processor.simulate import Fleet, encode
+from processor.store.keys import Keys
 from tests.integration.harness import wait_for
 
 Entry = dict[str, Any]
@@ -360,6 +362,18 @@ async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def redis_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """The next offset per partition that Redis holds for ``group`` (the worker's position)."""
+    keys = Keys(settings.key_prefix)
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        raw = await client.hgetall(keys.offsets(group))  # type: ignore[misc]
+    finally:
+        await client.aclose()
+    prefix = Keys.offset_field(topic, 0)[:-1]
+    return {int(f[len(prefix) :]): int(v) for f, v in raw.items() if f.startswith(prefix)}
 
 
 async def wait_caught_up(settings: Settings, group: str, timeout: float = 120.0) -> None:

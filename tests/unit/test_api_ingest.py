@@ -31,7 +31,7 @@ from processor.api.routes import setup_routes
 from processor.metrics import UsageMetrics
 from processor.settings import Settings
 from processor.store.keys import Keys
-from processor.store.runs import RunStore
+from processor.store.run_queries import RunQueries
 from schemas.api import ErrorResponse, IngestResponse
 from schemas.deadletter import MAX_DEAD_LETTER_BYTES, DeadLetter
 from schemas.entry import entry_to_json, validate_entry_dict
@@ -83,9 +83,7 @@ def make_ctx(
         return Readiness(kafka=True, redis=True, partitions_assigned=True)
 
     # The store is never used by this route; the client connects lazily, so no server.
-    store = RunStore(
-        Redis.from_url("redis://127.0.0.1:1/0"), Keys("x"), dedup_ttl_s=60, entry_ttl_s=60
-    )
+    store = RunQueries(Redis.from_url("redis://127.0.0.1:1/0"), Keys("x"))
     return ApiContext(
         settings=make_settings(**settings),
         runs=store,
@@ -230,7 +228,7 @@ async def test_mixed_batch_answers_each_rejection_and_dead_letters_it(
     got = [(r["index"], r["error"]["code"], r["error"]["field"]) for r in body["rejected"]]
     assert got == [
         (1, "schema", "modle"),
-        (2, "json", None),
+        (2, "schema", None),  # a JSON text that is not an object
         (3, "invariant", "tokens.reasoning"),
         (5, "timestamp", "timestamp"),
         (6, "too_large", None),
@@ -491,7 +489,7 @@ async def test_rejections_are_counted_by_kind_and_reason(
         tokens_entry(modle="x"),
         tool_entry(timestamp=5),
         tool_entry(durationMs=-1),
-        "text",
+        {"userId": "\ud800"},  # a lone surrogate: json (a non-object would be schema)
     ]
     status, body = await post(client, {"entries": batch})
     assert status == 202 and body["accepted"] == 1

@@ -206,7 +206,14 @@ def subagent(
 def custom(run: str, ts: int, ctype: str, name: str, value: float, **kw: Any) -> AcceptedEntry:
     wire = {"id": kw.pop("id", None), "type": ctype, "name": name, "value": value}
     return _entry(
-        "custom", run, ts, wire, custom_type=ctype, custom_name=name, custom_nano=custom_to_nano(value), **kw
+        "custom",
+        run,
+        ts,
+        wire,
+        custom_type=ctype,
+        custom_name=name,
+        custom_nano=custom_to_nano(value),
+        **kw,
     )
 
 
