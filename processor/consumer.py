@@ -362,13 +362,16 @@ class IngestConsumer(Service):  # type: ignore[misc]
         assert consumer is not None
         tps = sorted(assigned, key=lambda tp: (tp.topic, tp.partition))
         exists, held = await self._read_offsets(tps)
+        never = [tp for tp, offset in zip(tps, held, strict=True) if offset is None]
+        beginnings = await consumer.beginning_offsets(never) if exists and never else {}
+        # No await from here on: a fetch returning in between would carry records of a
+        # partition that is not yet marked assigned, and the batch would drop them.
         for tp, offset in zip(tps, held, strict=True):
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
             self._held[tp] = offset
-            if offset is not None:
-                consumer.seek(tp, offset)
-            elif exists:
-                await consumer.seek_to_beginning(tp)
+            start = offset if offset is not None else beginnings.get(tp)
+            if start is not None:
+                consumer.seek(tp, start)
         self.assigned |= assigned
         self.joined.set()
         log.info(

@@ -13,7 +13,9 @@ from pydantic_core import ErrorDetails
 
 __all__ = ["REJECTION_CODES", "EntryRejected", "RejectionCode", "rejection_from_validation_error"]
 
-RejectionCode = Literal["json", "schema", "invariant", "too_large", "timestamp"]
+#: Every dead-letter code (§5). ``internal`` is the processor's own failure on a message,
+#: never a validation outcome, so it is not in ``REJECTION_CODES``.
+RejectionCode = Literal["json", "schema", "invariant", "too_large", "timestamp", "internal"]
 REJECTION_CODES: Final[tuple[RejectionCode, ...]] = (
     "json",
     "schema",
@@ -92,7 +94,13 @@ def _json_message(err: ErrorDetails, raw: bytes | None) -> str:
             return f"value is not valid UTF-8 (byte 0x{bad} at offset {exc.start})"
         if not raw.strip():
             return "value is empty; expected a JSON object"
-    return err["msg"]
+    msg = err["msg"]
+    if "surrogate" in msg or "end of hex escape" in msg:
+        msg += (
+            " (a \\uD800-\\uDFFF escape is only allowed as half of a surrogate pair: a lone "
+            "surrogate is not Unicode text)"
+        )
+    return msg
 
 
 def _classify(err: ErrorDetails, raw: bytes | None) -> tuple[RejectionCode, str | None, str]:
@@ -102,9 +110,9 @@ def _classify(err: ErrorDetails, raw: bytes | None) -> tuple[RejectionCode, str 
     ctx: dict[str, Any] = err.get("ctx") or {}
     if etype == "json_invalid":
         return "json", None, _json_message(err, raw)
-    if not loc and etype in _NOT_OBJECT_TYPES:
+    if not loc and etype in _NOT_OBJECT_TYPES:  # a JSON text, but not an object: schema
         got = _json_type_name(err.get("input"))
-        return "json", None, f"an entry must be a JSON object, got {got}"
+        return "schema", None, f"an entry must be a JSON object, got {got}"
     if etype == "union_tag_not_found":
         return "schema", "kind", f"kind: field required (one of {_KINDS})"
     if etype == "union_tag_invalid":

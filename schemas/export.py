@@ -36,7 +36,9 @@ _ENTRY_DESCRIPTION: Final = (
     "least one of tokens.prompt, tokens.completion, tokens.total is present; "
     "tokens.reasoning <= tokens.completion; tokens.cached + tokens.cacheWrite <= "
     "tokens.prompt; tokens.total, when present with prompt or completion, equals prompt + "
-    "completion. A value larger than 65536 bytes is rejected (code 'too_large')."
+    "completion. A value larger than 65536 bytes is rejected (code 'too_large'). The value "
+    "must be exactly one RFC 8259 JSON text in UTF-8 (code 'json'): no byte order mark, no "
+    "NaN/Infinity literals, no trailing data, no lone surrogate escapes such as \\ud800."
 )
 
 #: file name -> (type, mode, title, description override)

@@ -20,7 +20,9 @@ def now_ms() -> int:
 def encode_entry(entry: dict[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """Validate ``entry`` (a camelCase dict) exactly as the processor will and return the
     compact UTF-8 JSON to publish. Raises :class:`EntryValidationError` (a ``ValueError``)
-    naming the field."""
+    naming the field. As in the TypeScript client: a non-dict is ``schema`` (field
+    ``None``), a non-finite float is ``schema`` on its field, a string holding a lone
+    surrogate is ``json`` (it cannot be encoded as UTF-8)."""
     try:
         parsed = validate_entry_dict(entry, now_ms=now_ms(), max_bytes=max_bytes)
     except EntryRejected as exc:

@@ -69,6 +69,16 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def replace_number(entry: Json, field: str, literal: bytes) -> bytes:
+    """The compact JSON of ``entry`` with the number of top-level ``field`` written as
+    ``literal`` (e.g. ``b"1e10"``, ``b"-0.0"``, ``b"NaN"``): forms ``json.dumps`` would not
+    produce."""
+    marker = "__number__"
+    data = dumps({**entry, field: marker})
+    assert data.count(b'"__number__"') == 1
+    return data.replace(b'"__number__"', literal)
+
+
 VALID: Final[dict[str, Json | bytes]] = {
     "tokens-minimal": tok(),
     "tokens-all-fields": common(
@@ -128,6 +138,22 @@ VALID: Final[dict[str, Json | bytes]] = {
     "custom-integer-value": custom(),
     "custom-negative-value": custom(type="credits", name="refund", value=-2.75),
     "custom-zero-value": custom(type="llm.embeddings", name="openai", value=0),
+    # --- numeric bounds (inclusive)
+    "tool-duration-max": tool(durationMs=10_000_000_000),
+    "tool-duration-max-float": replace_number(tool(), "durationMs", b"1e10"),
+    "tool-duration-negative-zero": replace_number(tool(), "durationMs", b"-0.0"),
+    "subagent-duration-max": sub(durationMs=10_000_000_000),
+    "custom-value-max": replace_number(custom(), "value", b"1e15"),
+    "custom-value-max-integer": custom(value=10**15),
+    "custom-value-min": replace_number(custom(), "value", b"-1e15"),
+    "custom-value-min-integer": custom(value=-(10**15)),
+    "custom-value-subnormal": replace_number(custom(), "value", b"5e-324"),
+    "custom-value-negative-zero": replace_number(custom(), "value", b"-0.0"),
+    "tokens-max-safe-integer": tok({"total": 2**53 - 1}),
+    # --- RFC 8259 corner cases that are valid
+    "tokens-duplicate-key-last-wins": dumps(tok())[:-1] + b',"userId":"user-2"}',
+    "tokens-escaped-surrogate-pair": dumps(tok()).replace(b'"user-1"', b'"user-\\ud83d\\ude00"'),
+    "tokens-json-whitespace-around": b" \t\r\n" + dumps(tok()) + b"\r\n\t ",
 }
 
 NOT_UTF8: Final = (
@@ -137,7 +163,7 @@ NOT_UTF8: Final = (
 )
 
 # name -> (content, field)
-INVALID: Final[dict[str, tuple[Json | bytes | list[Any] | str | int | None, str | None]]] = {
+INVALID: Final[dict[str, tuple[Json | bytes | list[Any] | str | float | None, str | None]]] = {
     # --- too_large: size is checked before anything else
     "too_large--70kib": (padded_tool(70 * 1024), None),
     "too_large--65537-bytes": (padded_tool(65537), None),
@@ -150,12 +176,64 @@ INVALID: Final[dict[str, tuple[Json | bytes | list[Any] | str | int | None, str 
     "json--trailing-garbage": (dumps(tok()) + b" {}", None),
     "json--single-quotes": (b"{'id': 'e-0001', 'kind': 'tokens'}", None),
     "json--invalid-utf8-bytes": (NOT_UTF8, None),
+    "json--utf8-encoded-surrogate": (dumps(tok()).replace(b'"user-1"', b'"\xed\xa0\x80"'), None),
+    "json--overlong-utf8": (dumps(tok()).replace(b'"user-1"', b'"\xc0\xaf"'), None),
+    "json--two-objects": (dumps(tok()) + dumps(tok()), None),
+    "json--trailing-nul-byte": (dumps(tok()) + b"\x00", None),
+    "json--trailing-number": (dumps(tok()) + b" 1", None),
+    "json--non-json-whitespace": (b"\x0c" + dumps(tok()), None),
+    # lone surrogates: allowed by RFC 8259's grammar, but not Unicode text (entry.py)
     "json--lone-surrogate-escape": (dumps(tok()).replace(b'"user-1"', b'"\\ud800"'), None),
+    "json--lone-trailing-surrogate": (dumps(tok()).replace(b'"user-1"', b'"u\\udc00"'), None),
+    "json--reversed-surrogate-pair": (
+        dumps(tok()).replace(b'"user-1"', b'"\\udc00\\ud800"'),
+        None,
+    ),
+    "json--lone-surrogate-in-error": (
+        dumps(tool(success=False, error="x")).replace(b'"x"', b'"bad \\uDBFF"'),
+        None,
+    ),
+    "json--lone-surrogate-in-unknown-field": (
+        dumps(tok(note="x")).replace(b'"x"', b'"\\ud800"'),
+        None,
+    ),
+    "json--lone-surrogate-in-key": (dumps(tok())[:-1] + b',"\\ud800":1}', None),
+    "json--lone-surrogate-overridden-by-duplicate": (
+        dumps(tok())[:-1] + b',"userId":"\\ud800","userId":"user-1"}',
+        None,
+    ),
+    # byte order marks: RFC 8259 8.1, not JSON whitespace
     "json--utf8-bom": (b"\xef\xbb\xbf" + dumps(tok()), None),
-    "json--top-level-array": ([tok()], None),
-    "json--top-level-string": ("tokens", None),
-    "json--top-level-number": (42, None),
-    "json--top-level-null": (None, None),
+    "json--utf8-bom-after-whitespace": (b" \xef\xbb\xbf" + dumps(tok()), None),
+    "json--utf16-le-bom": (b"\xff\xfe" + dumps(tok()).decode().encode("utf-16-le"), None),
+    # NaN and +-Infinity are not JSON numbers, wherever they appear
+    "json--custom-value-nan": (replace_number(custom(), "value", b"NaN"), None),
+    "json--custom-value-infinity": (replace_number(custom(), "value", b"Infinity"), None),
+    "json--custom-value-negative-infinity": (replace_number(custom(), "value", b"-Infinity"), None),
+    "json--tool-duration-infinity": (replace_number(tool(), "durationMs", b"Infinity"), None),
+    "json--subagent-duration-nan": (replace_number(sub(), "durationMs", b"NaN"), None),
+    "json--nan-in-string-field": (replace_number(tok(), "userId", b"NaN"), None),
+    "json--nan-in-unknown-field": (replace_number(tok(note=0), "note", b"NaN"), None),
+    "json--infinity-nested-in-unknown-field": (
+        replace_number(tok(note=0), "note", b'[1,{"a":-Infinity}]'),
+        None,
+    ),
+    "json--nan-overridden-by-duplicate-key": (
+        replace_number(custom(), "value", b'NaN,"value":3'),
+        None,
+    ),
+    "json--nan-as-kind": (replace_number(tok(), "kind", b"NaN"), None),
+    "json--nan-top-level": (b"NaN", None),
+    "json--nan-in-top-level-array": (b"[NaN]", None),
+    # --- schema: a JSON text that is not an object
+    "schema--top-level-array": ([tok()], None),
+    "schema--top-level-empty-array": ([], None),
+    "schema--top-level-string": ("tokens", None),
+    "schema--top-level-number": (42, None),
+    "schema--top-level-float": (1.5, None),
+    "schema--top-level-true": (True, None),
+    "schema--top-level-false": (False, None),
+    "schema--top-level-null": (None, None),
     # --- schema: common fields
     "schema--unknown-field": (tok(costUSD="0.1"), "costUSD"),
     "schema--snake-case-field": ({**without(tok(), "runId"), "run_id": "run-1"}, "runId"),
@@ -176,9 +254,14 @@ INVALID: Final[dict[str, tuple[Json | bytes | list[Any] | str | int | None, str 
     "schema--timestamp-string": (tok(timestamp=str(T)), "timestamp"),
     "schema--timestamp-fraction": (tok(timestamp=T + 0.5), "timestamp"),
     "schema--timestamp-integral-float": (tok(timestamp=float(T)), "timestamp"),
+    "schema--timestamp-2-pow-63": (tok(timestamp=2**63), "timestamp"),
+    "schema--timestamp-2-pow-70": (tok(timestamp=2**70), "timestamp"),
+    "schema--timestamp-below-int64": (tok(timestamp=-(2**63) - 1), "timestamp"),
     "schema--step-count-negative": (tok(stepCount=-1), "stepCount"),
     "schema--step-count-string": (tok(stepCount="3"), "stepCount"),
     "schema--step-count-float": (tok(stepCount=1.5), "stepCount"),
+    "schema--step-count-2-pow-53": (tok(stepCount=2**53), "stepCount"),
+    "schema--step-count-2-pow-63": (tok(stepCount=2**63), "stepCount"),
     "schema--source-bad-type": (tok(source={"type": "human", "name": "x"}), "source.type"),
     "schema--source-missing-name": (tok(source={"type": "agent"}), "source.name"),
     "schema--source-unknown-field": (
@@ -207,6 +290,24 @@ INVALID: Final[dict[str, tuple[Json | bytes | list[Any] | str | int | None, str 
         "tokens.cacheWrite",
     ),
     "schema--tokens-total-over-2-53": (tok({"total": 2**53}), "tokens.total"),
+    "schema--tokens-prompt-2-pow-53": (tok({"prompt": 2**53}), "tokens.prompt"),
+    "schema--tokens-prompt-2-pow-63": (tok({"prompt": 2**63}), "tokens.prompt"),
+    "schema--tokens-completion-2-pow-64": (
+        tok({"prompt": 1, "completion": 2**64}),
+        "tokens.completion",
+    ),
+    "schema--tokens-prompt-1e20": (
+        dumps(tok()).replace(b'"prompt":120', b'"prompt":1e20'),
+        "tokens.prompt",
+    ),
+    "schema--tokens-prompt-integral-float": (
+        dumps(tok()).replace(b'"prompt":120', b'"prompt":1.0'),
+        "tokens.prompt",
+    ),
+    "schema--duplicate-key-last-wins": (
+        dumps(tok())[:-1] + b',"stepCount":3,"stepCount":-3}',
+        "stepCount",
+    ),
     "schema--cost-usd-exponent": (tok(costUsd="1e-3"), "costUsd"),
     "schema--cost-usd-negative": (tok(costUsd="-0.01"), "costUsd"),
     "schema--cost-usd-number": (tok(costUsd=0.001), "costUsd"),
@@ -228,19 +329,34 @@ INVALID: Final[dict[str, tuple[Json | bytes | list[Any] | str | int | None, str 
     "schema--subagent-duration-missing": (without(sub(), "durationMs"), "durationMs"),
     "schema--custom-value-string": (custom(value="3"), "value"),
     "schema--custom-value-bool": (custom(value=True), "value"),
-    "schema--custom-value-nan": (dumps(custom()).replace(b'"value":3', b'"value":NaN'), "value"),
-    "schema--custom-value-infinity": (
-        dumps(custom()).replace(b'"value":3', b'"value":-Infinity'),
+    # a number literal that overflows a double is JSON, but out of range
+    "schema--custom-value-overflow": (replace_number(custom(), "value", b"1e400"), "value"),
+    "schema--custom-value-over-1e15": (
+        replace_number(custom(), "value", b"1.0000001e15"),
         "value",
     ),
-    "schema--custom-value-overflow": (
-        dumps(custom()).replace(b'"value":3', b'"value":1e400'),
+    "schema--custom-value-integer-over-1e15": (custom(value=10**15 + 1), "value"),
+    "schema--custom-value-under-minus-1e15": (
+        replace_number(custom(), "value", b"-1.0000001e15"),
         "value",
     ),
-    "schema--tool-duration-infinity": (
-        dumps(tool()).replace(b'"durationMs":812', b'"durationMs":Infinity'),
+    "schema--custom-value-2-pow-70": (custom(value=2**70), "value"),
+    "schema--custom-value-1e308": (replace_number(custom(), "value", b"1e308"), "value"),
+    # durationMs: 0 <= value <= 1e10
+    "schema--tool-duration-1e308": (replace_number(tool(), "durationMs", b"1e308"), "durationMs"),
+    "schema--subagent-duration-1e308": (
+        replace_number(sub(), "durationMs", b"1e308"),
         "durationMs",
     ),
+    "schema--tool-duration-over-1e10": (tool(durationMs=10_000_000_001), "durationMs"),
+    "schema--subagent-duration-over-1e10": (sub(durationMs=10_000_000_001), "durationMs"),
+    "schema--tool-duration-just-over-1e10": (tool(durationMs=10_000_000_000.001), "durationMs"),
+    "schema--tool-duration-overflow": (
+        replace_number(tool(), "durationMs", b"1e400"),
+        "durationMs",
+    ),
+    "schema--tool-duration-huge-integer": (tool(durationMs=10**30), "durationMs"),
+    "schema--tool-duration-tiny-negative": (tool(durationMs=-5e-324), "durationMs"),
     "schema--custom-type-missing": (without(custom(), "type"), "type"),
     "schema--custom-name-too-long": (custom(name="n" * 201), "name"),
     "schema--unknown-field-beats-invariant": (tok({"prompt": 1, "total": 5}, extra=1), "extra"),
@@ -250,6 +366,9 @@ INVALID: Final[dict[str, tuple[Json | bytes | list[Any] | str | int | None, str 
     "timestamp--negative": (tok(timestamp=-1), "timestamp"),
     "timestamp--seconds-not-ms": (tok(timestamp=T // 1000), "timestamp"),
     "timestamp--far-future": (tok(timestamp=4_102_444_800_000), "timestamp"),
+    # a 64-bit integer out of range is 'timestamp'; a larger one is not an int64: 'schema'
+    "timestamp--int64-max": (tok(timestamp=2**63 - 1), "timestamp"),
+    "timestamp--int64-min": (tok(timestamp=-(2**63)), "timestamp"),
     "timestamp--just-over-24h-ahead": (tok(timestamp=NOW_MS + DAY_MS + 1), "timestamp"),
     "timestamp--beats-invariant": (tok({"prompt": 1, "reasoning": 9}, timestamp=0), "timestamp"),
     # --- invariant

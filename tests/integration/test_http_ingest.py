@@ -69,7 +69,8 @@ async def test_http_batch_reaches_rollup_and_dlq_and_retries_change_nothing(
         answer = resp.json()
         assert answer["accepted"] == 3
         got = [(r["index"], r["error"]["code"], r["error"]["field"]) for r in answer["rejected"]]
-        assert got == [(1, "schema", "modle"), (3, "json", None), (5, "schema", "tenantId")]
+        # "not an entry" is a JSON text but not an object: schema, field null
+        assert got == [(1, "schema", "modle"), (3, "schema", None), (5, "schema", "tenantId")]
 
         async def rollup() -> dict[str, Any] | None:
             r = await http.get(f"/v1/runs/{run}/rollup", headers=AUTH)
@@ -126,7 +127,7 @@ async def test_http_batch_reaches_rollup_and_dlq_and_retries_change_nothing(
         m = await fetch_metrics(http)
         assert metric_sum(m, "usage_entries_total", outcome="accepted") == 3
         assert metric_sum(m, "usage_entries_total", outcome="rejected") == 6
-        assert metric_sum(m, "usage_dead_letters_total", reason="schema") == 4
-        assert metric_sum(m, "usage_dead_letters_total", reason="json") == 2
+        assert metric_sum(m, "usage_dead_letters_total", reason="schema") == 6
+        assert metric_sum(m, "usage_dead_letters_total", reason="json") == 0
         # every rejection of the retried batch was dead-lettered again
         assert len(await consume_all(settings, settings.topic_dlq, 6, timeout=20)) == 6

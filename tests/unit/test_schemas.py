@@ -75,32 +75,75 @@ def test_invalid_vector_rejected(path: Path) -> None:
         assert err.field in err.message
 
 
-def _dict_path_applies(path: Path) -> bool:
-    """Vectors the HTTP ingest path sees as such: decodable JSON, not a size case.
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
-    Size is checked on the re-encoded entry there, undecodable bytes never reach it, and
-    Python's json reads BOMs and lone surrogates that the Kafka path rejects as ``json``.
-    """
-    expected = EXPECTED[path.name]
-    if expected["code"] == "too_large":
+
+def strict_json_loads(raw: bytes) -> Any:
+    """Decode like the HTTP ingest body parser: strict UTF-8 (a BOM is not stripped), no
+    NaN/Infinity. Python's json still reads lone surrogate escapes (into ``str``)."""
+    return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def _dict_path_applies(path: Path) -> bool:
+    """Vectors the dict path (HTTP ingest, the Python client) sees as such: decodable by
+    :func:`strict_json_loads`, not a size case (size is checked on the re-encoded entry).
+    Lone surrogates decode and must still be ``json`` there. Left out: values whose fault
+    sits under a key that a later duplicate overrides (decoding discards it)."""
+    if EXPECTED[path.name]["code"] == "too_large" or "overridden-by-duplicate" in path.name:
         return False
     try:
-        obj = json.loads(path.read_bytes())
+        strict_json_loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError):
         return False
-    return not (expected["code"] == "json" and isinstance(obj, dict))
+    return True
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in INVALID if _dict_path_applies(p)], ids=lambda p: p.name
-)
+DICT_PATH_INVALID = [p for p in INVALID if _dict_path_applies(p)]
+
+
+def test_dict_path_sees_the_rfc_8259_corner_cases() -> None:
+    names = {p.name for p in DICT_PATH_INVALID}
+    assert "json--lone-surrogate-in-key.json" in names
+    assert "schema--top-level-array.json" in names
+    assert "json--custom-value-nan.json" not in names  # not JSON: never decoded
+
+
+@pytest.mark.parametrize("path", DICT_PATH_INVALID, ids=lambda p: p.name)
 def test_invalid_vector_rejected_on_dict_path(path: Path) -> None:
     """The HTTP ingest path gives the same code and field for every decodable vector."""
     expected = EXPECTED[path.name]
-    obj = json.loads(path.read_bytes())
+    obj = strict_json_loads(path.read_bytes())
     with pytest.raises(EntryRejected) as info:
         validate_entry_dict(obj, now_ms=NOW_MS)
     assert (info.value.code, info.value.field) == (expected["code"], expected["field"])
+
+
+@pytest.mark.parametrize("path", DICT_PATH_INVALID, ids=lambda p: p.name)
+def test_invalid_vector_rejected_by_python_client(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``usage_client`` refuses every decodable vector with the processor's code and field."""
+    from usage_client import validation
+    from usage_client.errors import EntryValidationError
+
+    monkeypatch.setattr(validation, "now_ms", lambda: NOW_MS)
+    expected = EXPECTED[path.name]
+    with pytest.raises(EntryValidationError) as info:
+        validation.encode_entry(strict_json_loads(path.read_bytes()))
+    assert (info.value.code, info.value.field) == (expected["code"], expected["field"])
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_valid_vector_accepted_by_python_client(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usage_client import validation
+
+    monkeypatch.setattr(validation, "now_ms", lambda: NOW_MS)
+    raw = path.read_bytes()
+    wire = validation.encode_entry(strict_json_loads(raw))
+    assert parse_entry(wire, now_ms=NOW_MS) == parse_entry(raw, now_ms=NOW_MS)
 
 
 def test_kinds_parse_to_their_classes() -> None:
@@ -174,8 +217,29 @@ def test_messages_name_the_field(obj: dict[str, Any], field: str, fragment: str)
 
 def test_json_messages() -> None:
     assert "UTF-8" in _reject(b'{"id": "\xc3\x28"}').message
-    assert "array" in _reject(b"[]").message
     assert "empty" in _reject(b"").message
+    assert "not JSON numbers" in _reject(b'{"value": NaN}').message
+    assert "surrogate pair" in _reject(b'{"id": "\\ud800"}').message
+    not_object = _reject(b"[]")
+    assert (not_object.code, not_object.field) == ("schema", None)
+    assert not_object.message == "an entry must be a JSON object, got array"
+
+
+def test_nan_and_infinity_are_json_wherever_they_are() -> None:
+    tool = json.dumps(_base(kind="tool", toolName="t", durationMs=1, success=True)).encode()
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        for raw in (
+            tool.replace(b'"durationMs": 1', b'"durationMs": ' + literal),
+            tool[:-1] + b', "x": {"y": [' + literal + b"]}}",  # in an unknown field
+            tool[:-1] + b', "durationMs": ' + literal + b', "durationMs": 1}',  # overridden
+            tool.replace(b'"u1"', literal),  # where a string belongs
+            literal,
+        ):
+            err = _reject(raw)
+            assert (err.code, err.field) == ("json", None), raw
+    # ...but not inside strings
+    ok = tool.replace(b'"toolName": "t"', b'"toolName": "NaN -Infinity"')
+    assert parse_entry(ok, now_ms=NOW_MS).tool_name == "NaN -Infinity"  # type: ignore[union-attr]
 
 
 def test_dict_path_rejects_python_only_types() -> None:
@@ -184,9 +248,17 @@ def test_dict_path_rejects_python_only_types() -> None:
         with pytest.raises(EntryRejected) as info:
             validate_entry_dict(obj, now_ms=NOW_MS)
         assert info.value.code == "schema"
-    with pytest.raises(EntryRejected) as info:
-        validate_entry_dict([1, 2], now_ms=NOW_MS)
-    assert info.value.code == "json"
+    for not_an_object in ([1, 2], "x", 3, None, True):
+        with pytest.raises(EntryRejected) as info:
+            validate_entry_dict(not_an_object, now_ms=NOW_MS)
+        assert (info.value.code, info.value.field) == ("schema", None)
+        assert "must be a JSON object" in info.value.message
+    for non_finite in (float("nan"), float("inf"), -float("inf")):  # no JSON text yet
+        with pytest.raises(EntryRejected) as info:
+            validate_entry_dict(
+                _base(kind="custom", type="a", name="b", value=non_finite), now_ms=NOW_MS
+            )
+        assert (info.value.code, info.value.field) == ("schema", "value")
     with pytest.raises(EntryRejected) as info:
         validate_entry_dict(_tokens(prompt=1) | {"run_id": "r1"}, now_ms=NOW_MS)
     assert info.value.field == "run_id"
@@ -197,9 +269,19 @@ def test_dict_path_size_and_encoding() -> None:
     with pytest.raises(EntryRejected) as info:
         validate_entry_dict(big, now_ms=NOW_MS)
     assert info.value.code == "too_large"
-    with pytest.raises(EntryRejected) as info:  # a lone surrogate is not a valid string
-        validate_entry_dict(_tokens(prompt=1) | {"userId": "\ud800"}, now_ms=NOW_MS)
-    assert (info.value.code, info.value.field) == ("schema", "userId")
+    # A lone surrogate is not Unicode text, wherever it is: 'json', as on the Kafka path.
+    tool = _base(kind="tool", toolName="t", durationMs=1, success=False)
+    for bad in (
+        _tokens(prompt=1) | {"userId": "\ud800"},
+        _tokens(prompt=1) | {"\udc00": 1},
+        _tokens(prompt=1) | {"note": ["ok", {"x": "\ud83d"}]},
+        _tokens(prompt="x") | {"model": "a\udfffb"},  # outranks the schema error
+        tool | {"error": "\ud800"},  # an unconstrained string: caught when encoding
+    ):
+        with pytest.raises(EntryRejected) as info:
+            validate_entry_dict(bad, now_ms=NOW_MS)
+        assert (info.value.code, info.value.field) == ("json", None), bad
+        assert "lone surrogate" in info.value.message
 
 
 def test_effective_total_and_cost() -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
+from decimal import Decimal
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.entry import (
+    MAX_CUSTOM_VALUE,
+    MAX_DURATION_MS,
     MAX_FUTURE_MS,
     MIN_TIMESTAMP_MS,
     TokensEntry,
@@ -74,11 +78,23 @@ def common() -> st.SearchStrategy[dict[str, Any]]:
     return required
 
 
-costs = st.decimals(min_value=0, max_value=10**6, places=12, allow_nan=False).map(
-    lambda d: format(abs(d), "f")
+# costUsd is below 1,000,000 (the pattern allows at most 6 integer digits)
+costs = st.decimals(
+    min_value=0, max_value=Decimal("999999.999999999999"), places=12, allow_nan=False
+).map(lambda d: format(abs(d), "f"))
+
+
+def not_negative_zero(x: float) -> bool:
+    """-0.0 is read as 0.0 (test_negative_zero_is_read_as_zero): it does not round-trip."""
+    return not (x == 0 and math.copysign(1.0, x) < 0)
+
+
+values = st.integers(-MAX_CUSTOM_VALUE, MAX_CUSTOM_VALUE) | st.floats(
+    -MAX_CUSTOM_VALUE, MAX_CUSTOM_VALUE
+).filter(not_negative_zero)
+durations = st.integers(0, MAX_DURATION_MS) | st.floats(0, MAX_DURATION_MS).filter(
+    not_negative_zero
 )
-finite = st.floats(allow_nan=False, allow_infinity=False)
-durations = st.integers(0, MAX_SAFE) | st.floats(0, 1e12, allow_nan=False)
 
 
 @st.composite
@@ -106,7 +122,7 @@ def valid_entries(draw: st.DrawFn) -> dict[str, Any]:
     else:
         entry["type"] = draw(ident)
         entry["name"] = draw(ident)
-        entry["value"] = draw(st.integers(-MAX_SAFE, MAX_SAFE) | finite)
+        entry["value"] = draw(values)
     return entry
 
 
@@ -206,3 +222,46 @@ def test_corrupting_a_field_is_never_accepted_silently(
         return
     # Only a still-valid value may pass (e.g. a timestamp integer within bounds).
     assert entry_to_wire(entry)[key] == junk
+
+
+_TOOL = {"id": "e", "kind": "tool", "runId": "r", "userId": "u", "timestamp": 1_780_000_000_000,
+         "toolName": "t", "success": True}  # fmt: skip
+_CUSTOM = {"id": "e", "kind": "custom", "runId": "r", "userId": "u",
+           "timestamp": 1_780_000_000_000, "type": "t", "name": "n"}  # fmt: skip
+
+
+def _outcome(entry: dict[str, Any]) -> tuple[str, str | None]:
+    try:
+        parse_entry(json.dumps(entry).encode(), now_ms=NOW_MS)
+    except EntryRejected as err:
+        return err.code, err.field
+    return "ok", None
+
+
+@settings(max_examples=300)
+@given(st.integers() | st.floats(allow_nan=False, allow_infinity=False))
+def test_numeric_bounds_are_exact(number: float) -> None:
+    """durationMs in [0, 1e10] and custom value in [-1e15, 1e15], integer or not; anything
+    else is 'schema' on the field. Also the int/float form makes no difference."""
+    in_duration = 0 <= number <= MAX_DURATION_MS
+    in_value = -MAX_CUSTOM_VALUE <= number <= MAX_CUSTOM_VALUE
+    for kind, field, ok in (("tool", "durationMs", in_duration), ("custom", "value", in_value)):
+        entry = {**(_TOOL if kind == "tool" else _CUSTOM), field: number}
+        assert _outcome(entry) == (("ok", None) if ok else ("schema", field)), (kind, number)
+
+
+@given(st.integers(2**53, 2**80) | st.floats(allow_nan=False, allow_infinity=False))
+def test_token_counts_and_step_count_are_safe_integers(number: float) -> None:
+    tokens = {"id": "e", "kind": "tokens", "runId": "r", "userId": "u", "model": "m",
+              "timestamp": 1_780_000_000_000, "tokens": {"prompt": 1}}  # fmt: skip
+    assert _outcome({**tokens, "tokens": {"prompt": number}}) == ("schema", "tokens.prompt")
+    assert _outcome({**tokens, "stepCount": number}) == ("schema", "stepCount")
+
+
+def test_negative_zero_is_read_as_zero() -> None:
+    cases = (({**_TOOL, "durationMs": -0.0}, "duration_ms"), ({**_CUSTOM, "value": -0.0}, "value"))
+    for entry, field in cases:
+        parsed = parse_entry(json.dumps(entry).encode(), now_ms=NOW_MS)
+        value = getattr(parsed, field)
+        assert value == 0 and str(value) == "0.0"
+        assert b"-0" not in entry_to_json(parsed)

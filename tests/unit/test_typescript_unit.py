@@ -56,7 +56,13 @@ def _extra_cases() -> dict[str, bytes]:
     numbers = ["NaN", "Infinity", "-Infinity", "1e400", "9007199254740993", "1" + "0" * 30,
                "1" + "0" * 400, "-0", "-0.0", "1E2", "1.5e-400", "01", "+1", "1.", "-", "0x10",
                "nan", "-NaN", "1e", "1e+", "-01", "0.0e-0", "[1]", "{}", "null", "true", "-1",
-               "-1e-400", '"1"']  # fmt: skip
+               "-1e-400", '"1"',
+               # bounds: durationMs 0..1e10, value -1e15..1e15 (integer or not)
+               "1e10", "10000000000", "10000000001", "10000000000.000002", "9999999999.999999",
+               "1e15", "1000000000000000", "1000000000000001", "-1e15", "-1000000000000001",
+               "1.0000001e15", "-1.0000001e15", "999999999999999.9", "5e-324", "-5e-324",
+               "1e308", "-1e308", "9007199254740992", "9223372036854775808", "1e-7", "-0e5",
+               "-Infinityx", "-N", "Nx", "Inf", "[NaN]", '{"a":Infinity}']  # fmt: skip
     for v in numbers:
         cases[f"custom value {v[:20]}"] = _CUSTOM % v
         cases[f"tool duration {v[:20]}"] = _TOOL % v
@@ -73,7 +79,11 @@ def _extra_cases() -> dict[str, bytes]:
               '{"completion":5,"reasoning":5,"total":5}', '{"total":0}',
               '{"reasoning":0,"total":1}', '{"cached":0,"completion":1}',
               '{"prompt":9007199254740991}', "[]", '"x"', '{"prompt":1.0}',
-              '{"prompt":1,"total":2}', '{"prompt":1,"completion":1,"total":2}']  # fmt: skip
+              '{"prompt":1,"total":2}', '{"prompt":1,"completion":1,"total":2}',
+              '{"prompt":9007199254740992}', '{"prompt":9223372036854775808}',
+              '{"prompt":18446744073709551616}', '{"prompt":1e20}', '{"total":1e0}',
+              '{"prompt":-9223372036854775809}', '{"prompt":NaN}', '{"prompt":1,"prompt":NaN}',
+              '{"prompt":NaN,"prompt":1}']  # fmt: skip
     for t in tokens:
         cases[f"tokens {t}"] = _TOKENS % t
     cases["extras in input order"] = '{"zz":1,' + (_CUSTOM % "1")[1:-1] + ',"aa":2}'
@@ -88,6 +98,16 @@ def _extra_cases() -> dict[str, bytes]:
     cases["source null"] = _tok('"source":null')
     cases["stepCount null"] = _tok('"stepCount":null')
     cases["stepCount 2^53"] = _tok('"stepCount":9007199254740992')
+    cases["stepCount 2^63"] = _tok('"stepCount":9223372036854775808')
+    cases["stepCount 1e20"] = _tok('"stepCount":1e20')
+    cases["lone surrogate key"] = _tok('"\\ud800":1')
+    cases["lone surrogate in unknown field"] = _tok('"x":["\\udc00"]')
+    cases["lone surrogate under overridden key"] = _tok('"id":"\\ud800","id":"b"')
+    cases["lone surrogate plus schema error"] = _tok('"id":5,"x":"\\ud800"')
+    cases["NaN plus schema error"] = _tok('"id":5,"x":NaN')
+    cases["top-level array of entries"] = "[" + _tok('"stepCount":0') + "]"
+    cases["top-level empty object"] = "{}"
+    cases["top-level string NaN"] = '"NaN"'
     cases["schemaVersion 1.0"] = _tok('"schemaVersion":1.0')
     cases["schemaVersion 1"] = _tok('"schemaVersion":1')
     cases["costUsd null"] = _tok('"costUsd":null')

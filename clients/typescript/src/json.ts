@@ -1,12 +1,16 @@
 /**
- * A strict JSON reader that mirrors what the processor's parser (pydantic-core's `jiter`)
- * accepts, so that a value rejected as `json` on the server is rejected here too:
+ * A strict JSON reader: exactly one RFC 8259 JSON text, as the processor's `parse_entry`
+ * requires, so that a value rejected as `json` on the server is rejected here too:
  *
- * - RFC 8259 grammar, no BOM, no trailing commas, no comments, JSON whitespace only;
- * - additionally the literals `NaN`, `Infinity`, `-Infinity` (read, then rejected as
- *   `schema` by the finite-number rule, as on the server);
+ * - RFC 8259 grammar, no BOM, no trailing commas, no comments, JSON whitespace only,
+ *   nothing after the value;
+ * - `NaN`, `Infinity`, `-Infinity` are not JSON numbers: a syntax error wherever they are
+ *   (the server's parser reads them, then `parse_entry` rejects them as `json` too);
+ * - numbers too large for a double (`1e400`) are JSON: they are read as `Infinity` and
+ *   then fail the field's range (`schema`), as on the server;
  * - strings: control characters must be escaped, `\u` escapes must not leave a lone
- *   surrogate;
+ *   surrogate (RFC 8259's grammar admits one, but it is not Unicode text: the processor
+ *   rejects it as `json`, see schemas/entry.py);
  * - a non-empty array/object nested deeper than 200 levels is an error (jiter's recursion
  *   limit);
  * - numbers keep their literal text, so integers (`1`) and floats (`1.0`, `1e3`) stay
@@ -64,9 +68,8 @@ class Reader {
       case "n":
         return this.word("null", { t: "null" });
       case "N":
-        return this.word("NaN", { t: "num", int: false, text: "NaN", v: Number.NaN });
       case "I":
-        return this.word("Infinity", { t: "num", int: false, text: "Infinity", v: Infinity });
+        return this.fail("NaN, Infinity and -Infinity are not JSON numbers (RFC 8259)");
       case undefined:
         return this.fail("EOF while parsing a value");
       default:
@@ -89,9 +92,9 @@ class Reader {
     let p = start;
     if (s[p] === "-") {
       p++;
-      if (s.startsWith("Infinity", p)) {
-        this.pos = p + 8;
-        return { t: "num", int: false, text: "-Infinity", v: -Infinity };
+      if (s[p] === "I" || s[p] === "N") {
+        this.pos = p;
+        this.fail("NaN, Infinity and -Infinity are not JSON numbers (RFC 8259)");
       }
     }
     const digit = (i: number): boolean => {

@@ -118,7 +118,7 @@ export interface TokensEntry {
    */
   threadId?: string | null;
   /**
-   * Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected.
+   * Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected; so is one outside the 64-bit range -2**63..2**63-1 (code 'schema').
    * [integer; >= 1577836800000]
    */
   timestamp: number;
@@ -140,8 +140,8 @@ export interface ToolEntry {
    */
   agentName?: string | null;
   /**
-   * Duration in milliseconds: a finite number >= 0.
-   * [>= 0]
+   * Duration in milliseconds: a finite number, 0 <= durationMs <= 10000000000 (1e10 ms, about 115 days).
+   * [>= 0; <= 10000000000]
    */
   durationMs: number;
   error?: string | null;
@@ -181,7 +181,7 @@ export interface ToolEntry {
    */
   threadId?: string | null;
   /**
-   * Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected.
+   * Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected; so is one outside the 64-bit range -2**63..2**63-1 (code 'schema').
    * [integer; >= 1577836800000]
    */
   timestamp: number;
@@ -206,8 +206,8 @@ export interface SubagentEntry {
    */
   agentName?: string | null;
   /**
-   * Duration in milliseconds: a finite number >= 0.
-   * [>= 0]
+   * Duration in milliseconds: a finite number, 0 <= durationMs <= 10000000000 (1e10 ms, about 115 days).
+   * [>= 0; <= 10000000000]
    */
   durationMs: number;
   error?: string | null;
@@ -256,7 +256,7 @@ export interface SubagentEntry {
    */
   threadId?: string | null;
   /**
-   * Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected.
+   * Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected; so is one outside the 64-bit range -2**63..2**63-1 (code 'schema').
    * [integer; >= 1577836800000]
    */
   timestamp: number;
@@ -316,7 +316,7 @@ export interface CustomEntry {
    */
   threadId?: string | null;
   /**
-   * Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected.
+   * Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected; so is one outside the 64-bit range -2**63..2**63-1 (code 'schema').
    * [integer; >= 1577836800000]
    */
   timestamp: number;
@@ -331,13 +331,14 @@ export interface CustomEntry {
    */
   userId: string;
   /**
-   * A finite number; negative allowed.
+   * A finite number, -1e15 <= value <= 1e15 (negative allowed).
+   * [>= -1000000000000000; <= 1000000000000000]
    */
   value: number;
 }
 
 /**
- * One usage entry of an LLM agent (schema version 1), the value of a message on usage.entries. camelCase; unknown fields are rejected. Rules JSON Schema cannot express, checked by the processor: timestamp <= receiver's clock + 24 h (code 'timestamp'); for kind 'tokens' (code 'invariant', a missing count counts as 0): at least one of tokens.prompt, tokens.completion, tokens.total is present; tokens.reasoning <= tokens.completion; tokens.cached + tokens.cacheWrite <= tokens.prompt; tokens.total, when present with prompt or completion, equals prompt + completion. A value larger than 65536 bytes is rejected (code 'too_large').
+ * One usage entry of an LLM agent (schema version 1), the value of a message on usage.entries. camelCase; unknown fields are rejected. Rules JSON Schema cannot express, checked by the processor: timestamp <= receiver's clock + 24 h (code 'timestamp'); for kind 'tokens' (code 'invariant', a missing count counts as 0): at least one of tokens.prompt, tokens.completion, tokens.total is present; tokens.reasoning <= tokens.completion; tokens.cached + tokens.cacheWrite <= tokens.prompt; tokens.total, when present with prompt or completion, equals prompt + completion. A value larger than 65536 bytes is rejected (code 'too_large'). The value must be exactly one RFC 8259 JSON text in UTF-8 (code 'json'): no byte order mark, no NaN/Infinity literals, no trailing data, no lone surrogate escapes such as \ud800.
  */
 export type UsageEntry = TokensEntry | ToolEntry | SubagentEntry | CustomEntry;
 

@@ -10,10 +10,15 @@
  *   first `schema` error in that order is the one reported, unknown fields last);
  * - strict types: integers must be integer literals (`1.0`, `1e3` are not), numbers must
  *   be finite, booleans are not numbers;
+ * - the numeric bounds (`minimum`/`maximum` of the schema: durationMs 0..1e10, custom
+ *   value -1e15..1e15, counts 0..2^53-1) hold for integer and fractional literals alike;
+ *   integers are compared exactly (as `bigint`), so 2^53 is out of range;
+ * - `json` is "not exactly one RFC 8259 JSON text" (see json.ts); a JSON text that is not
+ *   an object (array, string, number, boolean, null) is `schema` with field `null`;
  * - `null` on a nullable (`anyOf [X, null]`) field means absent; on any other field it is
  *   a `schema` rejection;
  * - a `timestamp` out of range is code `timestamp` (not `schema`), reported only when the
- *   entry has no `schema` error;
+ *   entry has no `schema` error; one that does not fit in 64 bits is `schema`;
  * - a missing `tokens` object and the token invariants are code `invariant`.
  */
 import { JsonSyntaxError, parseJsonBytes, toPlain, type JsonNode } from "./json.js";
@@ -32,6 +37,9 @@ export const MIN_TIMESTAMP_MS = 1_577_836_800_000;
 /** How far after the receiver's clock a `timestamp` may lie. */
 export const MAX_FUTURE_MS = 24 * 3600 * 1000;
 export const MAX_SAFE_INT = Number.MAX_SAFE_INTEGER;
+/** `timestamp` must fit in 64 bits (else `schema`); inside, its range is checked. */
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
 
 /**
  * An entry the processor would reject (it was not sent): `code` is the dead-letter code
@@ -247,7 +255,11 @@ function checkValue(spec: FieldSpec, path: string, node: JsonNode, deferred: Def
       if (node.t !== "num" || !node.int) return typeMsg("a valid integer");
       const v = BigInt(node.text);
       if (path === "timestamp") {
-        // Range errors of the timestamp have their own code, below schema in precedence.
+        // Not a 64-bit integer: a type error (schema), like `1.0`. Within 64 bits, range
+        // errors of the timestamp have their own code, below schema in precedence.
+        if (v < INT64_MIN || v > INT64_MAX) {
+          return bad("Input should be a 64-bit integer (-2**63 <= timestamp < 2**63)");
+        }
         if (spec.minimum !== undefined && v < (spec.minimum as bigint)) {
           deferred.timestamp = new EntryValidationError(
             "timestamp",
@@ -271,6 +283,8 @@ function checkValue(spec: FieldSpec, path: string, node: JsonNode, deferred: Def
     case "number": {
       if (node.t !== "num") return typeMsg("a valid number");
       if (!Number.isFinite(node.v)) return bad("Input should be a finite number");
+      // Bounds of number fields (1e10, +-1e15) are integers below 2^53, exact as doubles,
+      // and so is every integer literal near them: comparing doubles is exact here.
       if (spec.minimum !== undefined && node.v < (spec.minimum as number)) {
         return bad(`Input should be greater than or equal to ${spec.minimum}`);
       }
@@ -357,7 +371,7 @@ const KINDS = Object.keys(DEF_OF_KIND).join(", ");
  */
 export function validateNode(node: JsonNode, nowMs: number): UsageEntry {
   if (node.t !== "obj") {
-    throw new EntryValidationError("json", `an entry must be a JSON object, got ${jsonType(node)}`, null);
+    throw new EntryValidationError("schema", `an entry must be a JSON object, got ${jsonType(node)}`, null);
   }
   const obj = node.v;
   const kind = obj.get("kind");
@@ -415,7 +429,9 @@ const encoder = new TextEncoder();
  * The wire bytes of an entry (compact UTF-8 JSON, as published on `usage.entries`), after
  * checking them exactly as the processor will: the same rules as {@link parseEntry}.
  * Fields set to `undefined` are left out; a non-finite number becomes `null` (and is
- * then rejected as `schema` on that field), as JSON has no such numbers.
+ * then rejected as `schema` on that field, as the Python client does), as JSON has no such
+ * numbers; a string holding a lone surrogate is escaped (`\ud800`) and so rejected as
+ * `json`, as the Python client and the processor do.
  */
 export function encodeEntry(entry: UsageEntry | Record<string, unknown>, nowMs: number = Date.now()): Uint8Array {
   let text: string | undefined;

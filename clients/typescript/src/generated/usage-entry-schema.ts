@@ -114,7 +114,7 @@ export const USAGE_ENTRY_SCHEMA = {
           "title": "threadId"
         },
         "timestamp": {
-          "description": "Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected.",
+          "description": "Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected; so is one outside the 64-bit range -2**63..2**63-1 (code 'schema').",
           "minimum": 1577836800000,
           "title": "timestamp",
           "type": "integer"
@@ -134,7 +134,9 @@ export const USAGE_ENTRY_SCHEMA = {
           "type": "string"
         },
         "value": {
-          "description": "A finite number; negative allowed.",
+          "description": "A finite number, -1e15 <= value <= 1e15 (negative allowed).",
+          "maximum": 1000000000000000,
+          "minimum": -1000000000000000,
           "title": "value",
           "type": "number"
         }
@@ -199,7 +201,8 @@ export const USAGE_ENTRY_SCHEMA = {
           "title": "agentName"
         },
         "durationMs": {
-          "description": "Duration in milliseconds: a finite number >= 0.",
+          "description": "Duration in milliseconds: a finite number, 0 <= durationMs <= 10000000000 (1e10 ms, about 115 days).",
+          "maximum": 10000000000,
           "minimum": 0,
           "title": "durationMs",
           "type": "number"
@@ -317,7 +320,7 @@ export const USAGE_ENTRY_SCHEMA = {
           "title": "threadId"
         },
         "timestamp": {
-          "description": "Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected.",
+          "description": "Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected; so is one outside the 64-bit range -2**63..2**63-1 (code 'schema').",
           "minimum": 1577836800000,
           "title": "timestamp",
           "type": "integer"
@@ -603,7 +606,7 @@ export const USAGE_ENTRY_SCHEMA = {
           "title": "threadId"
         },
         "timestamp": {
-          "description": "Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected.",
+          "description": "Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected; so is one outside the 64-bit range -2**63..2**63-1 (code 'schema').",
           "minimum": 1577836800000,
           "title": "timestamp",
           "type": "integer"
@@ -652,7 +655,8 @@ export const USAGE_ENTRY_SCHEMA = {
           "title": "agentName"
         },
         "durationMs": {
-          "description": "Duration in milliseconds: a finite number >= 0.",
+          "description": "Duration in milliseconds: a finite number, 0 <= durationMs <= 10000000000 (1e10 ms, about 115 days).",
+          "maximum": 10000000000,
           "minimum": 0,
           "title": "durationMs",
           "type": "number"
@@ -757,7 +761,7 @@ export const USAGE_ENTRY_SCHEMA = {
           "title": "threadId"
         },
         "timestamp": {
-          "description": "Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected.",
+          "description": "Event time, integer epoch milliseconds. Must be >= 1577836800000 (2020-01-01T00:00:00Z) and <= the receiver's clock + 24 h (checked at ingest; rejected with code 'timestamp'). A JSON integer literal: 1.0 or 1e12 are rejected; so is one outside the 64-bit range -2**63..2**63-1 (code 'schema').",
           "minimum": 1577836800000,
           "title": "timestamp",
           "type": "integer"
@@ -791,7 +795,7 @@ export const USAGE_ENTRY_SCHEMA = {
     }
   },
   "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "description": "One usage entry of an LLM agent (schema version 1), the value of a message on usage.entries. camelCase; unknown fields are rejected. Rules JSON Schema cannot express, checked by the processor: timestamp <= receiver's clock + 24 h (code 'timestamp'); for kind 'tokens' (code 'invariant', a missing count counts as 0): at least one of tokens.prompt, tokens.completion, tokens.total is present; tokens.reasoning <= tokens.completion; tokens.cached + tokens.cacheWrite <= tokens.prompt; tokens.total, when present with prompt or completion, equals prompt + completion. A value larger than 65536 bytes is rejected (code 'too_large').",
+  "description": "One usage entry of an LLM agent (schema version 1), the value of a message on usage.entries. camelCase; unknown fields are rejected. Rules JSON Schema cannot express, checked by the processor: timestamp <= receiver's clock + 24 h (code 'timestamp'); for kind 'tokens' (code 'invariant', a missing count counts as 0): at least one of tokens.prompt, tokens.completion, tokens.total is present; tokens.reasoning <= tokens.completion; tokens.cached + tokens.cacheWrite <= tokens.prompt; tokens.total, when present with prompt or completion, equals prompt + completion. A value larger than 65536 bytes is rejected (code 'too_large'). The value must be exactly one RFC 8259 JSON text in UTF-8 (code 'json'): no byte order mark, no NaN/Infinity literals, no trailing data, no lone surrogate escapes such as \\ud800.",
   "oneOf": [
     {
       "$ref": "#/$defs/TokensEntry"
