@@ -22,11 +22,9 @@ import msgpack  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from processor.domain.accept import entry_from_stored
 from processor.domain.rollup import (
     AcceptedEntry,
     RunDelta,
-    RunRollup,
     fold_batch,
     fold_run,
 )
@@ -390,89 +388,6 @@ class RunStore:
             sorted(d.children),
             [ts for _, ts, _ in d.entries],
         ]
-
-    # --- read side ----------------------------------------------------------------------
-
-    async def applied_count(self) -> int:
-        """Entries applied under this key prefix since it was created (all workers)."""
-        raw = await self._redis.hget(self._keys.stats(), "applied")  # type: ignore[misc]
-        return int(raw or 0)
-
-    async def get_rollups(self, tenant: str, run_ids: Iterable[str]) -> dict[str, RunRollup]:
-        ids = list(dict.fromkeys(run_ids))
-        if not ids:
-            return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for run_id in ids:
-                pipe.hgetall(self._keys.run(tenant, run_id))
-                pipe.zrange(self._keys.run_children(tenant, run_id), 0, -1)
-            replies = await pipe.execute()
-        out: dict[str, RunRollup] = {}
-        for i, run_id in enumerate(ids):
-            fields, children = replies[2 * i], replies[2 * i + 1]
-            if fields:
-                out[run_id] = RunRollup.from_fields(run_id, fields, children)
-        return out
-
-    async def get_rollup(self, tenant: str, run_id: str) -> RunRollup | None:
-        return (await self.get_rollups(tenant, [run_id])).get(run_id)
-
-    async def get_tree(self, tenant: str, root: RunRollup, depth_limit: int) -> list[RunRollup]:
-        """The root and every run reachable through sub-agent links, once each, cycles cut.
-
-        Read breadth-first, one pipelined round trip per level. Children not (yet) known
-        to Redis are skipped: a child's entries may arrive after its parent's.
-        """
-        found = [root]
-        visited = {root.run_id}
-        frontier = [root]
-        depth = 0
-        while frontier and depth < depth_limit:
-            next_ids = [c for r in frontier for c in r.children if c not in visited]
-            next_ids = list(dict.fromkeys(next_ids))
-            visited.update(next_ids)
-            level = await self.get_rollups(tenant, next_ids)
-            frontier = [level[c] for c in next_ids if c in level]
-            found.extend(frontier)
-            depth += 1
-        return found
-
-    async def get_entries(self, tenant: str, run_id: str) -> list[dict[str, Any]]:
-        """Every retained entry of the run, ordered by (timestamp, id).
-
-        Sorted here rather than kept in a sorted set: one key less per run on the write
-        path, which is the hot one.
-        """
-        bodies = await self._redis.hgetall(self._keys.run_entries(tenant, run_id))  # type: ignore[misc]
-        entries = [entry_from_stored(b) for b in bodies.values()]
-        entries.sort(key=lambda e: (e["timestamp"], e["id"]))
-        return entries
-
-    async def list_runs(
-        self,
-        tenant: str,
-        *,
-        user_id: str | None,
-        agent_name: str | None,
-        since: int | None,
-        limit: int,
-    ) -> list[str]:
-        if user_id is not None:
-            key = self._keys.runs_by_user(tenant, user_id)
-        elif agent_name is not None:
-            key = self._keys.runs_by_agent(tenant, agent_name)
-        else:
-            key = self._keys.runs_index(tenant)
-        low: str | int = since if since is not None else "-inf"
-        if user_id is not None and agent_name is not None:
-            candidates = await self._redis.zrevrangebyscore(key, "+inf", low)
-            agent_runs = await self._redis.zrevrangebyscore(
-                self._keys.runs_by_agent(tenant, agent_name), "+inf", low
-            )
-            allowed = set(agent_runs)
-            return [r for r in candidates if r in allowed][:limit]
-        result = await self._redis.zrevrangebyscore(key, "+inf", low, start=0, num=limit)
-        return list(result)
 
 
 class _Blob:

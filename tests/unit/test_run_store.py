@@ -8,8 +8,11 @@ import time
 from redis.asyncio import Redis
 
 from processor.store.keys import Keys
+from processor.store.run_queries import EntryFilter, RunQueries
 from processor.store.runs import RunStore
 from tests.unit.test_api_support import (
+    make_queries,
+    make_settings,
     custom,
     subagent,
     tokens,
@@ -17,6 +20,12 @@ from tests.unit.test_api_support import (
 )
 
 T0 = 1_763_000_000_000
+
+
+def queries(store: RunStore) -> RunQueries:
+    return make_queries(store, make_settings("unused"))
+
+
 PICO_9M_USD = 9_000_000 * 10**12
 
 
@@ -28,10 +37,10 @@ async def test_replaying_a_batch_changes_nothing(store: RunStore) -> None:
     ]
     first = await store.apply(batch)
     assert len(first.accepted) == 3 and not first.duplicates
-    before = await store.get_rollup("default", "r")
+    before = await queries(store).get_rollup("default", "r")
     again = await store.apply(batch)
     assert not again.accepted and len(again.duplicates) == 3
-    assert await store.get_rollup("default", "r") == before
+    assert await queries(store).get_rollup("default", "r") == before
 
 
 async def test_a_group_with_one_seen_id_applies_only_the_new_ones(store: RunStore) -> None:
@@ -41,7 +50,7 @@ async def test_a_group_with_one_seen_id_applies_only_the_new_ones(store: RunStor
     )
     assert [e.entry_id for e in result.accepted] == ["b"]
     assert [e.entry_id for e in result.duplicates] == ["a"]
-    rollup = await store.get_rollup("default", "r")
+    rollup = await queries(store).get_rollup("default", "r")
     assert rollup is not None
     assert (rollup.entry_count, rollup.tokens.prompt, rollup.cost_pico) == (2, 3, 3)
 
@@ -54,13 +63,14 @@ async def test_run_ids_that_look_like_key_suffixes_stay_apart(store: RunStore) -
             tokens("x:entries", T0, "m", 7, 7, 14, id="3"),
         ]
     )
-    x = await store.get_rollup("default", "x")
-    kids = await store.get_rollup("default", "x:children")
-    entries = await store.get_rollup("default", "x:entries")
+    x = await queries(store).get_rollup("default", "x")
+    kids = await queries(store).get_rollup("default", "x:children")
+    entries = await queries(store).get_rollup("default", "x:entries")
     assert x is not None and kids is not None and entries is not None
     assert x.children == ["child"] and x.entry_count == 1
     assert kids.tokens.prompt == 5 and entries.tokens.prompt == 7
-    assert [e["id"] for e in await store.get_entries("default", "x")] == ["1"]
+    page = await queries(store).entries_page("default", "x", EntryFilter(), offset=0, limit=10)
+    assert page is not None and [e["id"] for e in page.entries] == ["1"]
 
 
 async def test_tenant_ids_with_separators_cannot_reach_other_indexes(
@@ -68,10 +78,10 @@ async def test_tenant_ids_with_separators_cannot_reach_other_indexes(
 ) -> None:
     await store.apply([tokens("r1", T0, "m", 1, 1, 1, id="1", tenant="t:user:bob")])
     await store.apply([tokens("r2", T0, "m", 1, 1, 1, id="2", tenant="t", user="bob")])
-    assert await store.list_runs("t", user_id="bob", agent_name=None, since=None, limit=10) == [
-        "r2"
-    ]
-    assert await store.list_runs(
+    assert await queries(store).list_runs(
+        "t", user_id="bob", agent_name=None, since=None, limit=10
+    ) == ["r2"]
+    assert await queries(store).list_runs(
         "t:user:bob", user_id=None, agent_name=None, since=None, limit=10
     ) == ["r1"]
     assert all(":user:" not in k for k in await redis.keys(f"{prefix}:*"))
