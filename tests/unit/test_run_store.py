@@ -11,9 +11,9 @@ from processor.store.keys import Keys
 from processor.store.run_queries import EntryFilter, RunQueries
 from processor.store.runs import RunStore
 from tests.unit.test_api_support import (
+    custom,
     make_queries,
     make_settings,
-    custom,
     subagent,
     tokens,
     tool,
