@@ -42,8 +42,10 @@ from processor.stack.redis_server import ping
 from tests.integration.ground_truth import (
     GroundTruth,
     end_offsets,
+    fetch_metrics,
     fleet_entries,
     messages,
+    metric_sum,
     wait_caught_up,
     with_duplicates,
 )
@@ -68,6 +70,7 @@ RATE = 1_000.0  # entries per second, before and after the outage
 OUTAGE_S = 10.0
 OUTAGE_AT = 0.3  # share of the stream produced when the outage begins
 MAX_LOG_LINES = 40
+STALL_S = 3.0  # USAGE_APPLY_STALL_SECONDS in the Redis outage: well inside its 10 s
 RETRY_MAX_S = 2.0  # USAGE_RETRY_MAX_SECONDS: several retries fit in the outage
 
 
@@ -108,7 +111,9 @@ class Run:
         await self.worker.aterminate(timeout=20)
 
 
-async def start_run(local: LocalStack, tmp_path: Path, seed: int) -> tuple[Run, StackInfo]:
+async def start_run(
+    local: LocalStack, tmp_path: Path, seed: int, **overrides: Any
+) -> tuple[Run, StackInfo]:
     # up() is a no-op when both run; it brings back what an earlier test left stopped
     info = await asyncio.to_thread(local.up)
     settings = unique_settings(
@@ -116,6 +121,7 @@ async def start_run(local: LocalStack, tmp_path: Path, seed: int) -> tuple[Run, 
         info.redis_url,
         stack_dir=tmp_path / "usage-stack",
         retry_max_seconds=RETRY_MAX_S,
+        **overrides,
     )
     fleet = fleet_entries(ENTRIES, seed=seed, prefix=f"{settings.app_id}-o")
     entries, late = with_duplicates(fleet, fraction=0.03, seed=seed + 1)
@@ -199,7 +205,7 @@ async def finish(run: Run, *, outage_start: float, outage_end: float, log_lines:
 
 
 async def test_redis_away_for_ten_seconds(own_stack: LocalStack, tmp_path: Path) -> None:
-    run, info = await start_run(own_stack, tmp_path, seed=31)
+    run, info = await start_run(own_stack, tmp_path, seed=31, apply_stall_seconds=STALL_S)
     try:
         assert info.redis_pid is not None
         log_lines = count_lines(run.worker.log_path)
@@ -210,11 +216,27 @@ async def test_redis_away_for_ten_seconds(own_stack: LocalStack, tmp_path: Path)
             timeout=30,
             message="redis gone",
         )
-        await asyncio.sleep(OUTAGE_S)  # the outage itself, not a synchronisation
+        async with httpx.AsyncClient(base_url=run.worker.url, timeout=5.0) as http:
+
+            async def stalled() -> bool:
+                body = (await http.get("/readyz")).json()
+                return body["applying"] is False and "failed to apply" in body["detail"]
+
+            # a batch failing for longer than USAGE_APPLY_STALL_SECONDS is reported
+            await wait_for(stalled, timeout=OUTAGE_S, message="/readyz reports the stall")
+        remaining = OUTAGE_S - (time.monotonic() - outage_start)
+        await asyncio.sleep(max(0.0, remaining))  # the outage itself, not a synchronisation
         back = await asyncio.to_thread(own_stack.up)
         outage_end = time.monotonic()
         assert back.redis_port == info.redis_port, "redis came back on another port"
         await finish(run, outage_start=outage_start, outage_end=outage_end, log_lines=log_lines)
+        log = run.worker.log_path.read_text("utf-8", errors="replace").splitlines()
+        errors = [line for line in log if " ERROR " in line and "not applied for" in line]
+        assert len(errors) == 1, errors
+        assert "offsets" in errors[0] and "[" in errors[0], errors[0]
+        async with httpx.AsyncClient(base_url=run.worker.url, timeout=5.0) as http:
+            failures = metric_sum(await fetch_metrics(http), "usage_batch_apply_failures_total")
+        assert failures >= 2
     finally:
         await run.stop()
 
