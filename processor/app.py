@@ -34,8 +34,6 @@ from processor.store.runs import RunStore
 
 log = logging.getLogger(__name__)
 
-_READY_CACHE_S = 1.0
-
 
 class UsageApp(faust.App):  # type: ignore[misc]
     """faust.App plus the services and state every view shares."""

@@ -278,10 +278,20 @@ class IngestConsumer(Service):  # type: ignore[misc]
                 continue
             except _RETRYABLE as exc:
                 self.failures.failed(exc, _describe(offsets, prepared))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._settings.retry_max_seconds)
-                continue
-            self.failures.succeeded()
+            except Exception as exc:
+                # a bug of ours on this batch: kept retrying (and reported as a stall)
+                # rather than crashing the worker, which would crash every worker that
+                # takes the partition next
+                if self.failures.since is None:
+                    log.exception("unexpected error applying a batch")
+                self.failures.failed(exc, _describe(offsets, prepared))
+            else:
+                self.failures.succeeded()
+                for tp, end in offsets.items():
+                    self._held[tp] = end
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._settings.retry_max_seconds)
             for tp, end in offsets.items():
                 self._held[tp] = end
             return

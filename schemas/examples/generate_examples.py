@@ -149,7 +149,9 @@ VALID: Final[dict[str, Json | bytes]] = {
     "custom-value-min-integer": custom(value=-(10**15)),
     "custom-value-subnormal": replace_number(custom(), "value", b"5e-324"),
     "custom-value-negative-zero": replace_number(custom(), "value", b"-0.0"),
-    "tokens-max-safe-integer": tok({"total": 2**53 - 1}),
+    # the producer's cost: priced from the catalog, 2**53 - 1 tokens would take the run's
+    # cost past 64 bits of pico-dollars (dead-lettered as invariant when applied)
+    "tokens-max-safe-integer": tok({"total": 2**53 - 1}, costUsd="1"),
     # --- RFC 8259 corner cases that are valid
     "tokens-duplicate-key-last-wins": dumps(tok())[:-1] + b',"userId":"user-2"}',
     "tokens-escaped-surrogate-pair": dumps(tok()).replace(b'"user-1"', b'"user-\\ud83d\\ude00"'),
