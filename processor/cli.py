@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import gc
 import logging
 import sys
@@ -119,6 +120,13 @@ def cmd_schemas(action: str, directory: Path) -> int:
     return 0
 
 
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="usage-stream", description="Exact, live rollups of LLM agent usage."
@@ -136,10 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--entries", type=int, default=200_000)
     bench.add_argument("--rate", type=int, default=2000, help="offered load for the latency run")
     bench.add_argument("--latency-seconds", type=float, default=10.0)
+    prices = sub.add_parser("prices", help="the price catalog: show a price, check a file")
+    prices_sub = prices.add_subparsers(dest="action", required=True)
+    show = prices_sub.add_parser("show", help="the price in effect for a model, and its source")
+    show.add_argument("model")
+    show.add_argument("--provider", default=None)
+    show.add_argument("--at", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
+    check = prices_sub.add_parser("check", help="validate a prices file as start-up would")
+    check.add_argument("file", type=Path)
     args = parser.parse_args(argv)
 
     if args.command == "schemas":
         return cmd_schemas(args.action, args.dir)
+    if args.command == "prices" and args.action == "check":
+        from processor.prices_cli import check_prices_file
+
+        return check_prices_file(args.file)
     settings = _settings_or_exit()
     if args.command == "worker":
         return cmd_worker(settings)
@@ -149,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         from processor.demo import run_demo
 
         return run_demo(settings, seconds=args.seconds)
+    if args.command == "prices":
+        from processor.prices_cli import show_price
+
+        return show_price(
+            args.model, provider=args.provider, at=args.at, prices_file=settings.prices_file
+        )
     if args.command == "bench":
         from processor.bench import run_bench
 

@@ -2,7 +2,7 @@
 
 The model (``GroundTruth``) is written from CONTRACT §2, §3.1 and §7 only: it does not import
 ``processor.domain.rollup`` or ``processor.store``, and it prices entries itself with
-``Decimal`` arithmetic from the catalog's public prices (``ModelPrice`` values in USD per
+``Decimal`` arithmetic from the catalog's public prices (``PricePeriod`` rates in USD per
 million tokens), never through ``PriceCatalog.price_tokens``. Money is compared as exact
 decimal strings; durations and custom values as exact decimals.
 
@@ -56,23 +56,24 @@ def entry_cost(entry: Mapping[str, Any], catalog: PriceCatalog) -> Decimal:
     """CONTRACT §7: producer ``costUsd`` wins; unknown model costs 0; else catalog prices."""
     if entry.get("costUsd") is not None:
         return Decimal(entry["costUsd"])
-    price = catalog.price_at(entry["model"], entry["timestamp"])
+    price = catalog.price_at(entry["model"], entry["timestamp"], entry.get("provider"))
     if price is None:
         return Decimal(0)
     t = entry["tokens"]
     prompt, completion = t.get("prompt"), t.get("completion")
     if prompt is None and completion is None:  # only ``total``: priced at ``input``
-        cost = _CTX.multiply(Decimal(t["total"]), price.input)
+        cost = _CTX.multiply(Decimal(t["total"]), price.input.base)
     else:
         prompt, completion = prompt or 0, completion or 0
         cached, cache_write = t.get("cached") or 0, t.get("cacheWrite") or 0
         reasoning = t.get("reasoning") or 0
+        # long-context tiers: the prompt's size picks the rate of every component
         parts = (
-            (prompt - cached - cache_write, price.input),
-            (cached, price.cached_input),
-            (cache_write, price.cache_write),
-            (completion - reasoning, price.output),
-            (reasoning, price.reasoning),
+            (prompt - cached - cache_write, price.input.usd_at(prompt)),
+            (cached, price.cached_input.usd_at(prompt)),
+            (cache_write, price.cache_write.usd_at(prompt)),
+            (completion - reasoning, price.output.usd_at(prompt)),
+            (reasoning, price.reasoning.usd_at(prompt)),
         )
         cost = Decimal(0)
         for count, rate in parts:
@@ -227,7 +228,8 @@ class GroundTruth:
             run.cost_by_model[model] = run.cost_by_model.get(model, Decimal(0)) + cost
             if "costUsd" not in entry:
                 served["costUsd"] = usd(cost)
-            if self._catalog.lookup(model) is None and "costUsd" not in entry:
+            unknown = self._catalog.price_at(model, ts, entry.get("provider")) is None
+            if unknown and "costUsd" not in entry:
                 self.unpriced_tokens[model] += counts["total"]
         elif kind == "tool":
             run.tools.setdefault(entry["toolName"], CallTotals()).add(

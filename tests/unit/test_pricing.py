@@ -1,338 +1,196 @@
+"""The pricing engine on a small catalog in the built-in format, and prices files.
+
+The built-in catalog itself (all of genai-prices) is checked in test_gen_prices.py and
+against ``genai_prices.calc_price`` in test_pricing_agreement.py.
+"""
+
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import textwrap
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from processor.domain.pricing import (
-    ModelEntry,
-    ModelPrice,
     PriceCatalog,
     PriceCatalogError,
-    Priced,
     load_catalog,
-    parse_prices_document,
+    parse_catalog_document,
 )
+from processor.domain.pricing.load import merge_file, read_prices_file
 
 D = Decimal
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def ms(y: int, m: int, d: int, hh: int = 0, mm: int = 0, ss: int = 0) -> int:
-    return int(dt.datetime(y, m, d, hh, mm, ss, tzinfo=dt.UTC).timestamp() * 1000)
+def ms(y: int, m: int, d: int, hh: int = 0, mm: int = 0) -> int:
+    return int(dt.datetime(y, m, d, hh, mm, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 T = ms(2025, 6, 1, 12)
 
-
-def catalog(*entries: ModelEntry) -> PriceCatalog:
-    return PriceCatalog(entries)
-
-
-def cost(cat: PriceCatalog, model: str, t: int, c: dict[str, int]) -> int:
-    return cat.price_tokens(
-        model,
-        timestamp_ms=t,
-        prompt=c.get("prompt", 0),
-        completion=c.get("completion", 0),
-        reasoning=c.get("reasoning", 0),
-        cached=c.get("cached", 0),
-        cache_write=c.get("cache_write", 0),
-    ).cost_pico
-
-
-# A model whose five rates all differ, so every split rule shows in the figures.
-SPLIT = ModelEntry(
-    "split-model",
-    "acme",
-    (
-        ModelPrice.of(
-            dt.date(2024, 1, 1),
-            D("1"),
-            D("4"),
-            cached_input=D("0.1"),
-            cache_write=D("1.25"),
-            reasoning=D("8"),
-        ),
-    ),
-)
-DATED = ModelEntry(
-    "dated-model",
-    "acme",
-    (
-        ModelPrice.of(dt.date(2024, 1, 1), D("1"), D("2")),
-        ModelPrice.of(dt.date(2024, 6, 1), D("3"), D("6")),
-        ModelPrice.of(dt.date(2025, 1, 1), D("0.5"), D("1")),
-    ),
-)
-
-
-# -- §7 pricing rules ------------------------------------------------------------------
-
-
-def test_contract_example_gpt_4o_mini() -> None:
-    cat = PriceCatalog.builtin()
-    entry = cat.lookup("gpt-4o-mini")
-    assert entry is not None and entry.provider == "openai"
-    first = entry.prices[0]
-    assert first.effective_from == dt.date(2024, 7, 18)
-    assert (first.input, first.cached_input, first.output) == (D("0.15"), D("0.075"), D("0.6"))
-    assert (first.cache_write, first.reasoning) == (D("0.15"), D("0.6"))  # defaults
-    # 800 uncached * 0.15 + 200 cached * 0.075 + 500 output * 0.60 = 435 micro-USD
-    p = cat.price_tokens(
-        "gpt-4o-mini", timestamp_ms=ms(2024, 7, 18), prompt=1000, cached=200, completion=500
-    )
-    assert p == Priced(435_000_000, True, "openai", "gpt-4o-mini")
-
-
-def test_every_split_rule() -> None:
-    cat = catalog(SPLIT)
-    # 1000 prompt tokens at input 1 USD/M = 1e6 pico per token
-    assert cat.price_tokens("split-model", prompt=1000, timestamp_ms=T).cost_pico == 1_000_000_000
-    # cached: 300 at 0.1, the other 700 at 1
-    assert cat.price_tokens("split-model", prompt=1000, cached=300, timestamp_ms=T).cost_pico == (
-        300 * 100_000 + 700 * 1_000_000
-    )
-    # cache write: 200 at 1.25, 800 at 1
-    assert cat.price_tokens(
-        "split-model", prompt=1000, cache_write=200, timestamp_ms=T
-    ).cost_pico == (200 * 1_250_000 + 800 * 1_000_000)
-    # reasoning: 250 at 8, the other 350 completion tokens at 4
-    assert cat.price_tokens(
-        "split-model", completion=600, reasoning=250, timestamp_ms=T
-    ).cost_pico == (250 * 8_000_000 + 350 * 4_000_000)
-    everything = cat.price_tokens(
-        "split-model",
-        prompt=1000,
-        cached=300,
-        cache_write=200,
-        completion=600,
-        reasoning=250,
-        timestamp_ms=T,
-    )
-    # 0.0005 + 0.00003 + 0.00025 + 0.0014 + 0.002 USD
-    assert everything.cost_pico == 4_180_000_000
-
-
-def test_total_only_is_priced_at_input() -> None:
-    cat = catalog(SPLIT)
-    assert cat.price_tokens("split-model", timestamp_ms=T, total_only=1234).cost_pico == (
-        1234 * 1_000_000
-    )
-    builtin = PriceCatalog.builtin()
-    assert (
-        builtin.price_tokens("gpt-4o-mini", timestamp_ms=T, total_only=1_000_000).cost_pico
-        == 150_000 * 1_000_000
-    )  # 0.15 USD
-    with pytest.raises(ValueError):
-        cat.price_tokens("split-model", timestamp_ms=T, total_only=10, prompt=10)
-    with pytest.raises(ValueError):
-        cat.price_tokens("split-model", timestamp_ms=T, total_only=-1)
-
-
-def test_effective_date_switches_at_utc_midnight() -> None:
-    cat = catalog(DATED)
-
-    def at(t: int) -> int:
-        return cat.price_tokens("dated-model", timestamp_ms=t, prompt=1).cost_pico
-
-    assert at(ms(2024, 5, 31, 23, 59, 59) + 999) == 1_000_000
-    assert at(ms(2024, 6, 1)) == 3_000_000
-    assert at(ms(2024, 12, 31, 23, 59, 59) + 999) == 3_000_000
-    assert at(ms(2025, 1, 1)) == 500_000
-    assert at(ms(2030, 1, 1)) == 500_000
-    # before the first effectiveFrom: the earliest known price
-    assert at(ms(2020, 1, 1)) == 1_000_000
-    assert cat.price_at("dated-model", ms(2024, 6, 1)) == DATED.prices[1]
-    # an effective date is a UTC date: 2024-06-01T01:00+02:00 is still May 31 in UTC
-    local = dt.datetime(2024, 6, 1, 1, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    assert at(int(local.timestamp() * 1000)) == 1_000_000
-
-
-def test_unknown_model_is_unpriced() -> None:
-    cat = PriceCatalog.builtin()
-    assert cat.price_tokens("no-such-model", timestamp_ms=T, prompt=10) == Priced(0, False, None)
-    assert cat.price_tokens("no-such-model", timestamp_ms=T, provider="acme", prompt=10) == Priced(
-        0, False, "acme"
-    )
-    assert "no-such-model" not in cat
-
-
-def test_provider_inferred_unless_given() -> None:
-    cat = PriceCatalog.builtin()
-    assert cat.price_tokens("claude-3-5-haiku", timestamp_ms=T, prompt=1).provider == "anthropic"
-    azure = cat.price_tokens("gpt-4o", timestamp_ms=T, provider="azure", prompt=1)
-    assert azure.provider == "azure" and azure.priced
-    assert cat.provider_for("gemini-2.5-pro") == "google"
-    assert cat.provider_for("nope") is None
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"prompt": 10, "cached": 6, "cache_write": 5},
-        {"completion": 5, "reasoning": 6},
-        {"prompt": 1, "cached": -1},
-        {"prompt": 1, "cache_write": -1},
-        {"completion": 1, "reasoning": -1},
-    ],
-)
-def test_invariant_violations_raise(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError):
-        cost(catalog(SPLIT), "split-model", T, kwargs)
-
-
-token_counts = st.tuples(
-    st.integers(0, 10**9),
-    st.integers(0, 10**9),
-    st.integers(0, 10**9),
-    st.integers(0, 10**9),
-    st.integers(0, 10**9),
-).map(
-    # (uncached, cached, cache_write, plain output, reasoning) -> a valid entry
-    lambda t: {
-        "prompt": t[0] + t[1] + t[2],
-        "cached": t[1],
-        "cache_write": t[2],
-        "completion": t[3] + t[4],
-        "reasoning": t[4],
-    }
-)
-
-
-@given(
-    token_counts,
-    token_counts,
-    st.sampled_from(["split-model", "dated-model"]),
-    st.integers(ms(2020, 1, 1), ms(2030, 1, 1)),
-)
-def test_cost_is_additive_and_never_negative(
-    a: dict[str, int], b: dict[str, int], model: str, t: int
-) -> None:
-    cat = catalog(SPLIT, DATED)
-    both = {k: a[k] + b[k] for k in a}
-    pa, pb = cost(cat, model, t, a), cost(cat, model, t, b)
-    assert pa >= 0 and pb >= 0
-    assert cost(cat, model, t, both) == pa + pb
-
-
-@given(token_counts)
-def test_cost_matches_decimal_reference(c: dict[str, int]) -> None:
-    p = SPLIT.prices[0]
-    usd = (
-        (c["prompt"] - c["cached"] - c["cache_write"]) * p.input
-        + c["cached"] * p.cached_input
-        + c["cache_write"] * p.cache_write
-        + (c["completion"] - c["reasoning"]) * p.output
-        + c["reasoning"] * p.reasoning
-    ) / 10**6
-    got = cost(catalog(SPLIT), "split-model", T, c)
-    assert D(got) == usd * 10**12
-
-
-# -- lookup -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "name"),
-    [
-        ("gpt-4o-mini", "gpt-4o-mini"),
-        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),  # alias
-        ("GPT-4o-Mini", "gpt-4o-mini"),  # case-insensitive
-        (" gpt-4o-mini ", "gpt-4o-mini"),
-        ("openai/gpt-4o-mini", "gpt-4o-mini"),  # provider prefix
-        ("openrouter/openai/gpt-4o", "gpt-4o"),
-        ("models/gemini-2.0-flash", "gemini-2.0-flash"),
-        ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),  # own entry beats date stripping
-        ("gpt-4o-2024-08-06", "gpt-4o"),
-        ("gpt-4.1-mini-2030-01-01", "gpt-4.1-mini"),  # -YYYY-MM-DD stripped
-        ("claude-3-5-sonnet-20241022", "claude-3-5-sonnet"),  # -YYYYMMDD stripped
-        ("claude-sonnet-4-20250514", "claude-sonnet-4"),
-        ("claude-3-7-sonnet@20250219", "claude-3-7-sonnet"),  # @YYYYMMDD stripped
-        ("anthropic/claude-opus-4-1-20250805", "claude-opus-4-1"),
-    ],
-)
-def test_lookup_rules(raw: str, name: str) -> None:
-    entry = PriceCatalog.builtin().lookup(raw)
-    assert entry is not None and entry.name == name
-
-
-@pytest.mark.parametrize("raw", ["gpt-4o-mini-foo", "gpt", "claude-3-5", "", "gpt-4o-mini-2024"])
-def test_lookup_does_not_guess(raw: str) -> None:
-    assert PriceCatalog.builtin().lookup(raw) is None
-
-
-def test_lookup_cache_is_bounded() -> None:
-    cat = catalog(SPLIT)
-    for i in range(10_000):
-        cat.lookup(f"m{i}")
-    assert len(cat._cache) <= 4096
-    assert cat.lookup("split-model") is SPLIT
-
-
-# -- built-in catalog ---------------------------------------------------------------------
-
-
-def test_builtin_catalog_contents() -> None:
-    cat = PriceCatalog.builtin()
-    expected = [
-        "gpt-4o",
-        "gpt-4o-mini",
-        "gpt-4.1",
-        "gpt-4.1-mini",
-        "gpt-4.1-nano",
-        "o1",
-        "o3",
-        "o3-mini",
-        "o4-mini",
-        "gpt-5",
-        "gpt-5-mini",
-        "gpt-5-nano",
-        "claude-3-5-sonnet-20241022",
-        "claude-3-5-haiku",
-        "claude-3-7-sonnet",
-        "claude-sonnet-4",
-        "claude-opus-4",
-        "claude-3-opus",
-        "claude-3-haiku",
-        "gemini-1.5-pro",
-        "gemini-1.5-flash",
-        "gemini-2.0-flash",
-        "gemini-2.5-pro",
-        "gemini-2.5-flash",
-        "mistral-large",
-        "mistral-small",
-        "codestral",
+DOC: dict[str, Any] = {
+    "providers": [
+        {
+            "id": "maker",
+            "name": "Maker",
+            "aliases": ["maker.chat", "makerai"],
+            "providerMatch": {"startsWith": "maker-"},
+            "modelMatch": {"or": [{"startsWith": "mk-"}, {"equals": "open-7b"}]},
+            "models": [
+                {
+                    "id": "mk-pro",
+                    "match": {"or": [{"equals": "mk-pro"}, {"startsWith": "mk-pro-2"}]},
+                    "prices": [
+                        {
+                            "input": {"base": "1.25", "tiers": [{"above": 200000, "price": "2.5"}]},
+                            "cachedInput": {
+                                "base": "0.125",
+                                "tiers": [{"above": 200000, "price": "0.25"}],
+                            },
+                            "cacheWrite": "1.5",
+                            "output": {"base": "10", "tiers": [{"above": 200000, "price": "15"}]},
+                        },
+                        {"effectiveFrom": "2025-07-01", "input": "1", "output": "8"},
+                    ],
+                },
+                {"id": "open-7b", "match": {"equals": "open-7b"}, "prices": [
+                    {"input": "0.2", "output": "0.4"}]},
+                {"id": "mk-audio", "match": {"equals": "mk-audio"}, "unpriced": "audio only"},
+            ],
+        },
+        {
+            "id": "host",
+            "name": "Host",
+            "fallback": ["maker"],
+            "models": [
+                {"id": "open-7b", "match": {"contains": "open-7b"}, "prices": [
+                    {"input": "0.1", "output": "0.3", "reasoning": "0.5"}]},
+            ],
+        },
+        {
+            "id": "other",
+            "name": "Other host",
+            "models": [
+                {"id": "open-7b", "match": {"regex": "^open-7b(-instruct)?$"}, "prices": [
+                    {"input": "0.15", "output": "0.15"}]},
+            ],
+        },
     ]
-    missing = [m for m in expected if m not in cat]
-    assert not missing
-    assert len(cat) >= 40
-    for entry in cat:
-        assert entry.provider in {"openai", "anthropic", "google", "mistral"}
-    sonnet = cat.lookup("claude-3-5-sonnet-20241022")
-    assert sonnet is not None
-    assert sonnet.prices[-1].cache_write == D("3.75") and sonnet.prices[-1].cached_input == D("0.3")
-    o3 = cat.lookup("o3")
-    assert o3 is not None and [p.input for p in o3.prices] == [D("10"), D("2")]
-    assert o3.prices[1].effective_from == dt.date(2025, 6, 10)
+}  # fmt: skip
 
 
-def test_builtin_yaml_is_what_the_generator_writes() -> None:
-    spec = importlib.util.spec_from_file_location("gen_prices", ROOT / "tools" / "gen_prices.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    text = (ROOT / "processor" / "domain" / "prices.yaml").read_text(encoding="utf-8")
-    assert mod.render() == text
+def cat(doc: dict[str, Any] = DOC) -> PriceCatalog:
+    return PriceCatalog(parse_catalog_document(doc))
 
 
-# -- price files ------------------------------------------------------------------------
+def price(
+    c: PriceCatalog, model: str, provider: str | None = None, t: int = T, **tokens: int
+) -> tuple[int, bool, str | None]:
+    counts = {"prompt": 0, "completion": 0, "reasoning": 0, "cached": 0, "cache_write": 0}
+    counts.update(tokens)
+    p = c.price_tokens(model, timestamp_ms=t, provider=provider, **counts)
+    return p.cost_pico, p.priced, p.provider
+
+
+def test_the_same_model_at_two_providers_has_two_prices() -> None:
+    c = cat()
+    assert price(c, "open-7b", "host", prompt=10, completion=10) == (
+        10 * 100_000 + 10 * 300_000,
+        True,
+        "host",
+    )
+    assert price(c, "open-7b", "other", prompt=10, completion=10) == (20 * 150_000, True, "other")
+    # without a provider: the model's maker
+    by_maker = price(c, "open-7b", None, prompt=10, completion=10)
+    assert by_maker == (10 * 200_000 + 10 * 400_000, True, "maker")
+
+
+def test_a_named_provider_never_falls_back_to_the_maker_unless_the_catalog_says_so() -> None:
+    c = cat()
+    # "other" has no fallback: a model it does not list is unpriced, not the maker's price
+    assert price(c, "mk-pro", "other", prompt=10) == (0, False, "other")
+    # "host" lists maker as its fallback (one offers the other's models): maker's price
+    assert price(c, "mk-pro", "host", prompt=10) == (10 * 1_250_000, True, "host")
+
+
+def test_unknown_provider_and_unknown_model_are_unpriced() -> None:
+    c = cat()
+    assert price(c, "open-7b", "nobody", prompt=10) == (0, False, "nobody")
+    assert price(c, "gpt-unknown", None, prompt=10) == (0, False, None)
+    assert price(c, "mk-audio", None, prompt=10) == (0, False, "maker")
+
+
+def test_provider_spellings_and_rules() -> None:
+    c = cat()
+    for spelling in ("maker", " MAKER ", "maker.chat", "makerai", "maker-eu"):
+        assert price(c, "open-7b", spelling, prompt=1) == (200_000, True, "maker"), spelling
+    assert price(c, "maker/open-7b", "litellm", prompt=1) == (200_000, True, "maker")
+
+
+def test_model_rules_case_and_compact_dates() -> None:
+    c = cat()
+    assert price(c, "MK-Pro", None, prompt=1) == (1_250_000, True, "maker")
+    assert price(c, "mk-pro-2025-05-06", None, prompt=1) == (1_250_000, True, "maker")
+    assert price(c, "mk-pro-20250506", None, prompt=1) == (1_250_000, True, "maker")
+    assert price(c, "open-7b-instruct", "other", prompt=1) == (150_000, True, "other")
+    assert price(c, "open-7b-chat", "other", prompt=1)[1] is False
+
+
+def test_tier_edges() -> None:
+    c = cat()
+    at = price(c, "mk-pro", None, prompt=200_000)
+    assert at == (200_000 * 1_250_000, True, "maker")  # exactly at the threshold: base
+    above = price(c, "mk-pro", None, prompt=200_001)
+    assert above == (200_001 * 2_500_000, True, "maker")  # one above: every token at the tier
+    mixed = price(c, "mk-pro", None, prompt=300_000, cached=100_000, cache_write=50_000,
+                  completion=1_000, reasoning=400)  # fmt: skip
+    # cache writes are not tiered here; output and reasoning are (reasoning defaults to output)
+    expected = 150_000 * 2_500_000 + 100_000 * 250_000 + 50_000 * 1_500_000 + 1_000 * 15_000_000
+    assert mixed == (expected, True, "maker")
+    below = price(c, "mk-pro", None, prompt=199_999, cached=100_000, completion=10)
+    assert below[0] == 99_999 * 1_250_000 + 100_000 * 125_000 + 10 * 10_000_000
+
+
+def test_an_effective_date_change_takes_effect_at_utc_midnight() -> None:
+    c = cat()
+    before = price(c, "mk-pro", None, t=ms(2025, 6, 30, 23, 59), prompt=300_000)
+    after = price(c, "mk-pro", None, t=ms(2025, 7, 1, 0, 0), prompt=300_000)
+    assert before[0] == 300_000 * 2_500_000  # tiered period
+    assert after[0] == 300_000 * 1_000_000  # the new price, flat, from that day on
+
+
+def test_total_only_is_priced_at_the_base_input() -> None:
+    c = cat()
+    assert c.price_tokens("mk-pro", timestamp_ms=T, total_only=300_000).cost_pico == (
+        300_000 * 1_250_000
+    )
+
+
+@given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9), st.data())
+def test_cost_matches_a_decimal_reference(
+    prompt: int, completion: int, extra: int, data: Any
+) -> None:
+    cached = data.draw(st.integers(0, prompt))
+    cache_write = data.draw(st.integers(0, prompt - cached))
+    reasoning = data.draw(st.integers(0, completion))
+    c = cat()
+    period = c.price_at("mk-pro", T)
+    assert period is not None
+    ref = (
+        (prompt - cached - cache_write) * period.input.usd_at(prompt)
+        + cached * period.cached_input.usd_at(prompt)
+        + cache_write * period.cache_write.usd_at(prompt)
+        + (completion - reasoning) * period.output.usd_at(prompt)
+        + reasoning * period.reasoning.usd_at(prompt)
+    ) * 10**6
+    got = price(c, "mk-pro", None, prompt=prompt, completion=completion, reasoning=reasoning,
+                cached=cached, cache_write=cache_write)  # fmt: skip
+    assert D(got[0]) == ref
 
 
 def write(tmp_path: Path, body: str) -> Path:
@@ -341,142 +199,135 @@ def write(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def test_price_file_overrides_and_extends(tmp_path: Path) -> None:
-    path = write(
+def with_file(tmp_path: Path, body: str) -> PriceCatalog:
+    path = write(tmp_path, body)
+    return PriceCatalog(merge_file(parse_catalog_document(DOC), read_prices_file(path), str(path)))
+
+
+def test_a_prices_file_overrides_one_providers_model_and_adds_tiers(tmp_path: Path) -> None:
+    c = with_file(
         tmp_path,
         """
         models:
-          gpt-4o-mini:               # negotiated: replaces the built-in list entirely
+          open-7b:                       # negotiated at host only
+            provider: host
             prices:
               - effectiveFrom: "2025-01-01"
-                input: "0.10"
-                output: "0.40"
-          my-local-llm:
-            provider: self-hosted
-            aliases: [local-llm]
-            prices:
-              - effectiveFrom: 2025-01-01   # an unquoted YAML date works too
-                input: 0.01
-                cachedInput: "0"
-                cacheWrite: "0.02"
-                output: "0.03"
-                reasoning: "0.05"
+                input: {base: "0.05", tiers: [{above: 1000, price: "0.5"}]}
+                output: "0.06"
+          in-house:
+            providers:
+              host: {prices: [{effectiveFrom: "2024-01-01", input: "1", output: "2"}]}
+              selfhosted: {prices: [{effectiveFrom: "2024-01-01", input: "3", output: "4"}]}
+          mk-pro:                        # no provider: its maker
+            aliases: [mk-pro-custom]
+            prices: [{effectiveFrom: "2020-01-01", input: "9", output: "9"}]
         """,
     )
-    cat = load_catalog(path)
-    assert len(cat) == len(PriceCatalog.builtin()) + 1
-    mini = cat.lookup("gpt-4o-mini-2024-07-18")  # built-in alias follows the override
-    assert mini is not None and mini.provider == "openai"  # provider kept when omitted
-    assert len(mini.prices) == 1 and mini.prices[0].input == D("0.10")
-    # before the negotiated list's first date: its earliest price, never the list price
-    p = cat.price_tokens("gpt-4o-mini", timestamp_ms=ms(2024, 8, 1), prompt=1000, cached=500)
-    assert p.cost_pico == 1000 * 100_000  # cachedInput defaults to input
-    local = cat.price_tokens(
-        "LOCAL-LLM",
-        timestamp_ms=T,
-        prompt=100,
-        cached=50,
-        cache_write=10,
-        completion=20,
-        reasoning=5,
-    )
-    assert local == Priced(
-        40 * 10_000 + 10 * 20_000 + 15 * 30_000 + 5 * 50_000, True, "self-hosted", "my-local-llm"
-    )
-    assert load_catalog(None).lookup("my-local-llm") is None
+    assert price(c, "open-7b", "host", prompt=1000) == (1000 * 50_000, True, "host")
+    assert price(c, "open-7b", "host", prompt=1001) == (1001 * 500_000, True, "host")
+    assert price(c, "open-7b", "other", prompt=10) == (10 * 150_000, True, "other")  # untouched
+    assert price(c, "open-7b", None, prompt=10) == (10 * 200_000, True, "maker")  # untouched
+    assert price(c, "in-house", "host", prompt=1)[0] == 1_000_000
+    assert price(c, "in-house", "selfhosted", prompt=1) == (3_000_000, True, "selfhosted")
+    # the file's price replaces the built-in list, snapshots included
+    assert price(c, "mk-pro-2025-01-01", None, prompt=300_000)[0] == 300_000 * 9_000_000
+    assert price(c, "mk-pro-custom", "maker", prompt=1)[0] == 9_000_000
+    found = c.resolve("mk-pro", None)
+    assert found is not None and found.model.source == str(tmp_path / "prices.yaml")
 
 
+TIER = "{{base: '1', tiers: [{0}]}}"
 BAD_FILES = [
     ("[]", "top level"),
     ("models: {}\nextra: 1", "top level"),
-    ("models: [1]", "'models' must be a mapping"),
     ("models:\n  m: 1", "model 'm': must be a mapping"),
-    ("models:\n  m: {prices: []}", "model 'm', prices: must be a non-empty list"),
-    ("models:\n  m: {pricez: []}", "unknown field"),
+    ("models:\n  m: {provider: p, prices: []}", "model 'm', prices: must be a non-empty list"),
+    ("models:\n  m: {provider: p, pricez: []}", "unknown field"),
     (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-01-01', output: '1'}]}",
+        "models:\n  m: {provider: p, prices: [{effectiveFrom: '2024-01-01', output: '1'}]}",
         "model 'm', prices[0].input: required",
     ),
     (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-01-01', input: '0.1234567', output: '1'}]}",
+        "models:\n  m: {provider: p, prices: [{effectiveFrom: '2024-01-01', input: '0.1234567',"
+        " output: '1'}]}",
         "model 'm', prices[0].input: 0.1234567 has more than 6 decimal places",
     ),
     (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-01-01', input: '1', output: '-1'}]}",
-        "prices[0].output",
-    ),
-    (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-01-01', input: '1', output: 'x'}]}",
+        "models:\n  m: {provider: p, prices: [{effectiveFrom: '2024-01-01', input: '1',"
+        " output: 'x'}]}",
         "prices[0].output: 'x' is not a decimal",
     ),
     (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-01-01', input: '1', output: '1',"
-        " cachedInput: 'NaN'}]}",
-        "prices[0].cachedInput",
+        "models:\n  m: {providers: {p: {prices: [{effectiveFrom: '2024-01-01', input: '1',"
+        f" output: {TIER.format('{above: 10, price: 2}, {above: 10, price: 3}')}}}]}}}}}}",
+        "model 'm', provider 'p', prices[0].output.tiers[1].above: 10 must be greater",
     ),
     (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-13-01', input: '1', output: '1'}]}",
-        "prices[0].effectiveFrom",
+        "models:\n  m: {provider: p, prices: [{effectiveFrom: '2024-01-01', input: '1',"
+        f" output: {TIER.format('{above: -5, price: 2}')}}}]}}",
+        "prices[0].output.tiers[0].above: -5 must be >= 0",
     ),
     (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-01-01T00:00:00', input: '1', output: '1'}]}",
-        "prices[0].effectiveFrom",
+        "models:\n  m: {provider: p, prices: [{effectiveFrom: '2024-01-01', input: '1',"
+        f" output: {TIER.format('{above: 1.5, price: 2}')}}}]}}",
+        "prices[0].output.tiers[0].above: 1.5 must be an integer",
     ),
     (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-01-01', input: 1, output: 1, ouput: 1}]}",
-        "prices[0]: unknown field(s) ['ouput']",
+        "models:\n  m: {provider: p, prices: [{effectiveFrom: '2024-01-01', input: '1',"
+        f" output: {TIER.format('{above: 5, price: 0.0000001}')}}}]}}",
+        "prices[0].output.tiers[0].price: 1E-7 has more than 6 decimal places",
     ),
     (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-02-01', input: '1', output: '1'},"
-        " {effectiveFrom: '2024-01-01', input: '1', output: '1'}]}",
+        "models:\n  m: {provider: p, prices: [{effectiveFrom: '2024-02-01', input: '1',"
+        " output: '1'}, {effectiveFrom: '2024-01-01', input: '1', output: '1'}]}",
         "prices[1].effectiveFrom: 2024-01-01 must be after 2024-02-01",
     ),
     (
-        "models:\n  m: {provider: 3, prices: [{effectiveFrom: '2024-01-01', input: 1, output: 1}]}",
-        "provider",
-    ),
-    (
-        "models:\n  m: {aliases: x, prices: [{effectiveFrom: '2024-01-01', input: 1, output: 1}]}",
-        "aliases",
-    ),
-    (
-        "models:\n  m: {prices: [{effectiveFrom: '2024-01-01', input: true, output: 1}]}",
-        "prices[0].input",
+        "models:\n  nobody-makes-this: {prices: [{effectiveFrom: '2024-01-01', input: 1,"
+        " output: 1}]}",
+        "model 'nobody-makes-this', provider: required",
     ),
     ("models: [", "invalid YAML"),
 ]
 
 
 @pytest.mark.parametrize(("body", "message"), BAD_FILES)
-def test_bad_price_files(tmp_path: Path, body: str, message: str) -> None:
+def test_bad_price_files_stop_start_up_naming_model_and_field(
+    tmp_path: Path, body: str, message: str
+) -> None:
     path = write(tmp_path, body)
     with pytest.raises(PriceCatalogError) as exc:
-        load_catalog(path)
+        PriceCatalog(merge_file(parse_catalog_document(DOC), read_prices_file(path), str(path)))
     assert message in str(exc.value)
     assert str(path) in str(exc.value)
 
 
-def test_missing_price_file(tmp_path: Path) -> None:
-    with pytest.raises(PriceCatalogError, match="cannot read"):
-        load_catalog(tmp_path / "nope.yaml")
-
-
-def test_model_price_validation_direct() -> None:
-    with pytest.raises(ValueError, match="reasoning"):
-        ModelPrice.of(dt.date(2024, 1, 1), D("1"), D("1"), reasoning=D("0.0000001"))
-    with pytest.raises(ValueError, match="effectiveFrom"):
-        ModelPrice.of(dt.datetime(2024, 1, 1, tzinfo=dt.UTC), D("1"), D("1"))
-    with pytest.raises(ValueError, match="at least one price"):
-        ModelEntry("m", None, ())
-    assert ModelPrice.of(dt.date(2024, 1, 1), D("0.000001"), D("123456.5")).rates == (
-        1,
-        1,
-        1,
-        123_456_500_000,
-        123_456_500_000,
+def test_a_file_with_one_bad_model_applies_nothing(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        models:
+          good: {provider: host, prices: [{effectiveFrom: "2024-01-01", input: "1", output: "1"}]}
+          bad: {provider: host, prices: [{effectiveFrom: "2024-01-01", input: "1", output: "-1"}]}
+        """,
     )
+    with pytest.raises(PriceCatalogError, match="model 'bad'"):
+        load_catalog(path)
 
 
-def test_parse_prices_document_names_source() -> None:
-    with pytest.raises(PriceCatalogError, match=r"^inline: "):
-        parse_prices_document({"models": {"m": {}}}, "inline")
+def test_invariant_violations_raise() -> None:
+    c = cat()
+    with pytest.raises(ValueError):
+        c.price_tokens("mk-pro", timestamp_ms=T, prompt=1, cached=2)
+    with pytest.raises(ValueError):
+        c.price_tokens("mk-pro", timestamp_ms=T, completion=1, reasoning=2)
+    with pytest.raises(ValueError):
+        c.price_tokens("mk-pro", timestamp_ms=T, prompt=1, total_only=5)
+
+
+def test_lookup_caches_are_bounded() -> None:
+    c = cat()
+    for i in range(20_000):
+        c.resolve(f"nope-{i}", "host")
+    assert len(c._cache) <= 8192
