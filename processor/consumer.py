@@ -87,7 +87,7 @@ class ApplyFailures:
     def succeeded(self) -> None:
         if self.since is not None:
             log.info(
-                "batch applied again after %d failed attempts over %.1f s",
+                "ingest resumed after %d failed attempts over %.1f s",
                 self.attempts,
                 time.monotonic() - self.since,
             )
@@ -394,13 +394,16 @@ class IngestConsumer(Service):  # type: ignore[misc]
         delay = 0.1
         while True:
             try:
-                return await self._runs.stored_offsets(
+                held = await self._runs.stored_offsets(
                     self._group, [(tp.topic, tp.partition) for tp in tps]
                 )
             except _RETRYABLE as exc:
                 self.failures.failed(exc, "offsets on assignment")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.retry_max_seconds)
+                continue
+            self.failures.succeeded()
+            return held
 
 
 def _describe(offsets: dict[TopicPartition, int], prepared: PreparedBatch) -> str:
