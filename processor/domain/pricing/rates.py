@@ -195,17 +195,7 @@ class PricePeriod:
         writes, completion less reasoning, reasoning; a bare total at ``input``."""
         if total_only is not None:
             return total_only * self.input.pico_at(0) + self._per_call_pico
-        flat = self._flat
-        if flat is not None:
-            r_in, r_cached, r_write, r_out, r_reasoning = flat
-            return (
-                self._per_call_pico
-                + (prompt - cached - cache_write) * r_in
-                + cached * r_cached
-                + cache_write * r_write
-                + (completion - reasoning) * r_out
-                + reasoning * r_reasoning
-            )
+        # (PriceCatalog.price_tokens prices a flat period inline, from ``_flat``)
         return (
             self._per_call_pico
             + (prompt - cached - cache_write) * self.input.pico_at(prompt)
