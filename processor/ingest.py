@@ -92,7 +92,9 @@ class PreparedBatch:
     #: (reason, kind) of every rejected message
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
     letters_published: bool = False
+    #: dead letters the store's verdict added (overflow, script failure), once known
     late_letters: list[tuple[bytes | None, bytes]] | None = None
+    late_published: bool = False
     outcome: BatchOutcome | None = None
 
 
@@ -217,8 +219,9 @@ class IngestPipeline:
         else:
             batch.late_letters = []
             offsets_written = False
-        if batch.late_letters:
+        if batch.late_letters and not batch.late_published:
             await self._publish_dead_letters(batch.late_letters)
+            batch.late_published = True
         if offsets is not None and not offsets_written:
             await self._runs.write_offsets(offsets)
         outcome.rejected = len(batch.letters) + len(batch.late_letters)

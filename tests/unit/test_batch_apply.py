@@ -194,6 +194,31 @@ async def test_a_failed_dead_letter_publish_retried_counts_each_entry_once(rig: 
     assert rig.letters.codes() == ["json"]
 
 
+async def test_an_overflow_letter_is_published_once_when_the_offsets_write_is_retried(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2**53 - 2 priced prompt tokens overflow the run's cost counter: a letter only the
+    # store's verdict reveals; then the offsets write (after that letter) fails once
+    huge = llm("r", 0, "gpt-4o", prompt=2**53 - 2, completion=0)
+    batch = rig.pipeline.prepare(as_messages([huge, llm("r", 1, "gpt-4o")]))
+    update = rig.store.offset_update("group", [(TOPIC, 0, None, 2)])
+    real = rig.store.write_offsets
+    failures = [ConnectionError("redis went away")]
+
+    async def flaky(offsets: OffsetUpdate) -> None:
+        if failures:
+            raise failures.pop()
+        await real(offsets)
+
+    monkeypatch.setattr(rig.store, "write_offsets", flaky)
+    with pytest.raises(ConnectionError):
+        await rig.pipeline.apply(batch, update)
+    outcome = await rig.pipeline.apply(batch, update)
+    assert len(outcome.accepted) == 1 and outcome.rejected == 1
+    assert rig.letters.codes() == ["invariant"]
+    assert rig.count("tokens", "rejected") == 1 and rig.count("tokens", "accepted") == 1
+
+
 async def test_a_lost_reply_retried_counts_applied_entries_as_accepted(rig: Rig) -> None:
     batch = rig.pipeline.prepare(as_messages([llm("r", i, "gpt-4o") for i in range(5)]))
     # the script ran but its reply never came back; the retry sends the same batch
