@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -77,10 +77,6 @@ def rollup_to_wire(run: RunRollup, tree: TreeTotals) -> dict[str, Any]:
     }
 
 
-def tree_totals(runs: Iterable[RunRollup]) -> TreeTotals:
-    return sum_tree(runs)
-
-
 def _run_not_found(run_id: str) -> ApiError:
     return not_found(f"run {run_id!r} not found")
 
@@ -106,10 +102,10 @@ class RunViews:
             )
             if not tree:
                 raise _run_not_found(run_id)
-            run, totals = tree[0], tree_totals(tree)
+            run, totals = tree[0], sum_tree(tree)
         else:
             run = await self._rollup_or_404(tenant, run_id)
-            totals = tree_totals([run])
+            totals = sum_tree([run])
         return web.json_response(rollup_to_wire(run, totals))
 
     async def entries(self, request: web.Request) -> web.Response:
