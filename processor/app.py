@@ -24,7 +24,7 @@ from processor.api.context import ApiContext, Readiness
 from processor.consumer import IngestConsumer
 from processor.domain.pricing import load_catalog
 from processor.health import DependencyMonitor
-from processor.ingest import IngestPipeline
+from processor.ingest import IngestPipeline, retention_of
 from processor.metrics import UsageMetrics
 from processor.publisher import Publisher
 from processor.settings import Settings
@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> UsageApp:
         Keys(settings.key_prefix),
         dedup_ttl_s=settings.dedup_retention_seconds,
         entry_ttl_s=settings.entry_retention_seconds,
+        retention=retention_of(settings),
     )
     catalog = load_catalog(settings.prices_file)
 

@@ -19,6 +19,7 @@ from typing import Protocol
 from processor.domain.accept import accept_entry
 from processor.domain.pricing import PriceCatalog
 from processor.domain.rollup import AcceptedEntry
+from processor.domain.windows import Retention, late_windows
 from processor.metrics import ENTRY_KINDS, UNKNOWN, UsageMetrics
 from processor.settings import Settings
 from processor.store.runs import ApplyPlan, ApplyResult, OffsetUpdate, RunStore
@@ -111,6 +112,14 @@ def kind_of(raw: bytes) -> str:
     return kind if isinstance(kind, str) and kind in ENTRY_KINDS else UNKNOWN
 
 
+def retention_of(settings: Settings) -> Retention:
+    return Retention(
+        hour_s=settings.hour_retention_seconds,
+        day_s=settings.day_retention_seconds,
+        month_s=settings.month_retention_seconds,
+    )
+
+
 class IngestPipeline:
     def __init__(
         self,
@@ -123,6 +132,18 @@ class IngestPipeline:
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self._max_bytes = settings.max_entry_bytes
+        self._retention = retention_of(settings)
+        # only an entry older than the shortest retention can be late for a window
+        kept = [
+            s
+            for s in (
+                settings.hour_retention_seconds,
+                settings.day_retention_seconds,
+                settings.month_retention_seconds,
+            )
+            if s
+        ]
+        self._late_horizon_ms = min(kept) * 1000 if kept else None
         self._catalog = catalog
         self._runs = runs
         self._metrics = metrics
@@ -160,19 +181,19 @@ class IngestPipeline:
 
     def _plan(self, batch: PreparedBatch) -> ApplyPlan | None:
         try:
-            return self._runs.plan(batch.valid)
+            return self._runs.plan(batch.valid, batch.now_ms)
         except Exception:
             # find the entries that break folding or encoding; plan the others
             good: list[AcceptedEntry] = []
             for e in batch.valid:
                 try:
-                    self._runs.plan([e])
+                    self._runs.plan([e], batch.now_ms)
                     good.append(e)
                 except Exception as exc:
                     m: RawMessage = e.origin
                     self._reject(batch, m, m.value or b"", _internal(m, exc))
             batch.valid = good
-            return self._runs.plan(good) if good else None
+            return self._runs.plan(good, batch.now_ms) if good else None
 
     def _reject(self, batch: PreparedBatch, m: RawMessage, raw: bytes, err: EntryRejected) -> None:
         batch.rejected[(err.code, kind_of(raw))] += 1
@@ -237,8 +258,9 @@ class IngestPipeline:
         for entry, counter in applied.overflowed:
             err = EntryRejected(
                 "invariant",
-                f"run {entry.run_id!r}: this entry would take its counter {counter!r} past the "
-                "64-bit limit (about 9.2 million USD or 9.2e18 tokens per run and model)",
+                f"run {entry.run_id!r}, user {entry.user_id!r}: this entry would take the counter "
+                f"{counter!r} past the 64-bit limit (about 9.2 million USD or 9.2e18 tokens per "
+                "run and model, or per user and model all time)",
                 None,
             )
             letters.append(self._letter_of(batch, entry, err))
@@ -307,3 +329,16 @@ class IngestPipeline:
             m.custom(ctype, n)
         if outcome.accepted:
             m.event_lags((now - e.timestamp) / 1000 for e in outcome.accepted)
+            self._record_late(outcome.accepted, now)
+
+    def _record_late(self, accepted: list[AcceptedEntry], now: int) -> None:
+        horizon = self._late_horizon_ms
+        if horizon is None:
+            return
+        cut = now - horizon
+        late: Counter[str] = Counter()
+        for e in accepted:
+            if e.timestamp < cut:
+                late.update(late_windows(e.timestamp, now, self._retention))
+        for window, n in late.items():
+            self._metrics.late(window, n)

@@ -236,6 +236,18 @@ class UsageMetrics:
             "USAGE_SUBAGENT_CHILDREN_LIMIT.",
             registry=r,
         )
+        self.late_entries = Counter(
+            "usage_late_entries_total",
+            "Accepted entries whose user window had already expired (counted in the windows "
+            "still retained), by window.",
+            ("window",),
+            registry=r,
+        )
+        self.invoices_generated = Counter(
+            "usage_invoices_generated_total",
+            "Invoices created (each once per cluster, by the process that created it).",
+            registry=r,
+        )
         # Memoised children: label tuple -> child metric (bounded by the label caps).
         self._children: dict[tuple[object, ...], Counter] = {}
         self._hist_children: dict[str, Histogram] = {}
@@ -245,6 +257,8 @@ class UsageMetrics:
                 self.entries.labels(kind, outcome)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
+        for window in ("hour", "day"):
+            self.late_entries.labels(window)
 
     def _child(self, metric: Counter, *labels: str) -> Counter:
         key = (id(metric), *labels)
@@ -321,6 +335,10 @@ class UsageMetrics:
 
     def event_lags(self, seconds: Iterable[float]) -> None:
         observe_many(self.event_lag_hist, (max(s, 0.0) for s in seconds))
+
+    def late(self, window: str, n: int) -> None:
+        if n:
+            self._child(self.late_entries, window).inc(n)
 
     def unpriced(self, model: str, n: int) -> None:
         if n:

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         "usage.notifications", min_length=1, description="Alerts topic"
     )
     topic_invoices: str = Field("usage.invoices", min_length=1, description="Invoices topic")
+    topic_outbox_progress: str = Field(
+        "usage.outbox.progress",
+        min_length=1,
+        description="Internal compacted topic: how far each outbox relay has published",
+    )
     topic_partitions: int = Field(
         8, ge=1, le=10_000, description="Partitions of topics the processor creates"
     )
@@ -80,6 +85,21 @@ class Settings(BaseSettings):
     )
     dedup_retention_seconds: int = Field(
         35 * 86400, ge=60, description="How long entry ids are remembered for de-duplication"
+    )
+    hour_retention_seconds: int = Field(
+        14 * 86400,
+        ge=0,
+        description="How long a user's hourly window is kept after it ends (0: until deleted)",
+    )
+    day_retention_seconds: int = Field(
+        400 * 86400,
+        ge=0,
+        description="How long a user's daily window is kept after it ends (0: until deleted)",
+    )
+    month_retention_seconds: int = Field(
+        0,
+        ge=0,
+        description="How long a user's monthly window is kept after it ends (0: until deleted)",
     )
     kafka_session_timeout_ms: int = Field(
         10_000,

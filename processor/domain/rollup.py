@@ -63,6 +63,21 @@ def _parts(name: str, tag: str) -> list[str]:
     return [_unescape(p) for p in name[len(tag) :].split("|")]
 
 
+@lru_cache(maxsize=65536)
+def parse_field(name: str) -> tuple[str, tuple[str, ...]]:
+    """A counter field's tag (up to its first ``|``, inclusive) and unescaped parts.
+
+    >>> parse_field("tk|gpt%7C4|prompt")
+    ('tk|', ('gpt|4', 'prompt'))
+    >>> parse_field("n")
+    ('n', ())
+    """
+    tag, sep, rest = name.partition("|")
+    if not sep:
+        return name, ()
+    return tag + sep, tuple(_unescape(p) for p in rest.split("|"))
+
+
 @dataclass(frozen=True, slots=True)
 class TokenCounts:
     prompt: int = 0
@@ -177,6 +192,31 @@ class AcceptedEntry:
 
 
 @dataclass(slots=True)
+class Slot:
+    """One user's entries of one UTC hour within one run's share of a batch: what they
+    add to that user's windows (domain.windows)."""
+
+    count: int = 0
+    #: (model, agent or None) -> [prompt, completion, reasoning, cached, cacheWrite,
+    #: total, cost pico, calls]
+    tokens: dict[tuple[str, str | None], list[int]] = field(default_factory=dict)
+    tool_ok: int = 0
+    tool_fail: int = 0
+
+    def merge(self, other: Slot) -> None:
+        self.count += other.count
+        self.tool_ok += other.tool_ok
+        self.tool_fail += other.tool_fail
+        for key, sums in other.tokens.items():
+            mine = self.tokens.get(key)
+            if mine is None:
+                self.tokens[key] = list(sums)
+            else:
+                for i, v in enumerate(sums):
+                    mine[i] += v
+
+
+@dataclass(slots=True)
 class RunDelta:
     """Everything a batch changes in one run: applied atomically with its entries' dedup marks.
 
@@ -190,8 +230,9 @@ class RunDelta:
     agent_name: str | None
     entry_ids: list[str] = field(default_factory=list)
     count: int = 0
-    #: model -> [prompt, completion, reasoning, cached, cacheWrite, total, cost pico]
-    tokens: dict[str, list[int]] = field(default_factory=dict)
+    #: (entry's user, UTC hour index) -> what its entries add to that user's windows
+    #: (domain.windows); the run's own token sums are read from these too
+    slots: dict[tuple[str, int], Slot] = field(default_factory=dict)
     #: (kind, name) -> [calls, successful, failed, duration us]
     calls: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     #: (type, name) -> sum of custom values in nano-units
@@ -215,13 +256,19 @@ class RunDelta:
         if self.agent_name is None:
             self.agent_name = e.agent_name
         self.count += 1
+        slot_key = (e.user_id, ts // 3_600_000)
+        slot = self.slots.get(slot_key)
+        if slot is None:
+            slot = self.slots[slot_key] = Slot()
+        slot.count += 1
         kind = e.kind
         if kind == "tokens":
             t = e.tokens
             assert e.model is not None and t is not None
-            sums = self.tokens.get(e.model)
+            tkey = (e.model, e.agent_name)
+            sums = slot.tokens.get(tkey)
             if sums is None:
-                sums = self.tokens[e.model] = [0, 0, 0, 0, 0, 0, 0]
+                sums = slot.tokens[tkey] = [0, 0, 0, 0, 0, 0, 0, 0]
             sums[0] += t.prompt
             sums[1] += t.completion
             sums[2] += t.reasoning
@@ -229,6 +276,7 @@ class RunDelta:
             sums[4] += t.cache_write
             sums[5] += t.total
             sums[6] += e.cost_pico
+            sums[7] += 1
         elif kind == "tool" or kind == "subagent":
             assert e.call_name is not None
             key = (kind, e.call_name)
@@ -238,19 +286,38 @@ class RunDelta:
             stats[0] += 1
             stats[1 if e.success else 2] += 1
             stats[3] += e.duration_us
-            if e.child_run_id is not None:
+            if kind == "tool":
+                if e.success:
+                    slot.tool_ok += 1
+                else:
+                    slot.tool_fail += 1
+            elif e.child_run_id is not None:
                 self.children.add(e.child_run_id)
         elif kind == "custom":
             assert e.custom_type is not None and e.custom_name is not None
             ckey = (e.custom_type, e.custom_name)
             self.custom[ckey] = self.custom.get(ckey, 0) + e.custom_nano
 
+    def tokens_by_model(self) -> dict[str, list[int]]:
+        """model -> [prompt, completion, reasoning, cached, cacheWrite, total, cost pico,
+        calls], summed over the run's slots."""
+        out: dict[str, list[int]] = {}
+        for slot in self.slots.values():
+            for (model, _), sums in slot.tokens.items():
+                mine = out.get(model)
+                if mine is None:
+                    out[model] = list(sums)
+                else:
+                    for i, v in enumerate(sums):
+                        mine[i] += v
+        return out
+
     @property
     def incr(self) -> dict[str, int]:
         """The integer counter increments of the run hash (zero ones left out)."""
         out: dict[str, int] = {F_COUNT: self.count}
-        for model, sums in self.tokens.items():
-            fields = _token_fields(model)
+        for model, sums in self.tokens_by_model().items():
+            fields = token_fields(model)
             stored = (*sums[:5], sums[5] - sums[0] - sums[1], sums[6])
             for f, value in zip(fields, stored, strict=True):
                 if value:
@@ -272,7 +339,7 @@ class RunDelta:
 
 
 @lru_cache(maxsize=16384)
-def _token_fields(model: str) -> tuple[str, ...]:
+def token_fields(model: str) -> tuple[str, ...]:
     """The six stored token fields of a model, then its cost field."""
     return (
         *(field_name(T_TOKENS, model, t) for t in _STORED_TOKEN_TYPES),

@@ -1,9 +1,10 @@
 -- Apply one batch of run deltas atomically, with the dedup marks of its entries and the
 -- next offsets of the partitions it came from.
 --
--- ARGV[1]: msgpack {fields, seen, groups} (shape: processor/store/runs.py); `fields` lists
---   the batch's counter names once and groups refer to them by 1-based index; `seen`
---   holds, per tenant, the dedup hash key without its generation.
+-- ARGV[1]: msgpack {fields, seen, groups, users} (shape: processor/store/runs.py);
+--   `fields` lists the call's counter names once and groups and users refer to them by
+--   1-based index; `seen` holds, per tenant, the dedup hash key without its generation;
+--   `users` holds what the call's groups add to each user's windows, summed per user.
 -- ARGV[2]: msgpack control {stats, token, dedup_ttl, entry_ttl, offsets, write_offsets}:
 --   `token` marks this batch's dedup entries (so a retry after a lost reply can tell its
 --   own earlier writes from real duplicates); `offsets` = {key, {{field, expected,
@@ -11,13 +12,14 @@
 -- ARGV[3]: the entries' bodies concatenated; a group carries {offset of its first body,
 --   length of each body}. One plain argument: the script never decodes them.
 --
--- Order: every check for every group first (offsets, dedup, counter ranges), then the
--- writes. Redis does not roll a script back when a command fails half-way, so nothing
--- may fail after the first write: all reads and writes go in chunks well below Lua's
--- unpack limit (LUAI_MAXCSTACK, 8000), and counters are checked to stay within 64 bits.
--- A group that fails a check is not written and is reported back; the others are
--- written. Offsets are written only when every group of the call passed, so a batch
--- moves its partitions on only once all of it is in.
+-- Order: every check first (offsets, dedup, counter ranges, which months are invoiced),
+-- then the writes. Redis does not roll a script back when a command fails half-way, so
+-- nothing may fail after the first write: all reads and writes go in chunks well below
+-- Lua's unpack limit (LUAI_MAXCSTACK, 8000), and counters are checked to stay within 64
+-- bits. A call is all or nothing: when any check fails, nothing is written and every
+-- problem is reported back (the caller resolves them and sends the rest again), because
+-- the users' increments are summed over all the call's groups. Offsets are written only
+-- by a call that applied, so a batch moves its partitions on only once all of it is in.
 local groups_payload = cmsgpack.unpack(ARGV[1])
 local control = cmsgpack.unpack(ARGV[2])
 local blob = ARGV[3]
@@ -106,6 +108,7 @@ for gi, grp in ipairs(groups) do
     if mark == token then ours[#ours + 1] = id elseif mark then others[#others + 1] = id end
   end
   if #ours == #ids then
+    failed = true
     results[#results + 1] = {gi - 1, 'done', {}}
   elseif #others > 0 or #ours > 0 then
     failed = true
@@ -128,7 +131,38 @@ for gi, grp in ipairs(groups) do
   end
 end
 
--- 4. writes: nothing below can fail
+-- 4. per user: which of its months are invoiced (late entries become adjustments of
+-- the invoice), and its all-time counters, the largest of its windows, within 64 bits
+local users = groups_payload.users
+local invoiced = {}
+for ui, u in ipairs(users) do
+  local windows, months = u[3], u[5]
+  for mi, m in ipairs(months) do
+    local found = redis.call('EXISTS', m[1])
+    if found ~= m[2] then
+      failed = true
+      invoiced[#invoiced + 1] = {ui - 1, mi - 1, found}
+    end
+  end
+  local all = windows[1]
+  local incr = all[3]
+  local names = {}
+  for i = 1, #incr, 2 do names[#names + 1] = fields[incr[i]] end
+  local cur = hmget_chunked(all[1], names)
+  for i = 1, #incr, 2 do
+    local v = (tonumber(cur[(i + 1) / 2]) or 0) + tonumber(incr[i + 1])
+    if v >= INT_LIMIT or v <= -INT_LIMIT then
+      failed = true
+      for _, g in ipairs(u[6]) do results[#results + 1] = {g - 1, 'overflow', fields[incr[i]]} end
+      break
+    end
+  end
+end
+if failed then
+  return cjson.encode({results = results, invoiced = invoiced, applied = false})
+end
+
+-- 5. writes: nothing below can fail
 local entry_ttl = control.entry_ttl
 local to_mark = {}
 local applied = 0
@@ -202,6 +236,28 @@ for _, item in ipairs(passed) do
   end
 end
 
+for _, u in ipairs(users) do
+  for _, w in ipairs(u[3]) do
+    local key, expire_at, incr = w[1], w[2], w[3]
+    for i = 1, #incr, 2 do
+      redis.call('HINCRBY', key, fields[incr[i]], incr[i + 1])
+    end
+    if expire_at ~= 0 then redis.call('EXPIREAT', key, expire_at) end
+  end
+  local billing = u[4]
+  for i = 1, #billing, 2 do redis.call('ZADD', billing[i], 0, billing[i + 1]) end
+  -- entries of an invoiced month: the invoice's adjustment grows with the rollup, and
+  -- each one is appended to the outbox in the same step (processor/outbox.py relays it)
+  for _, m in ipairs(u[5]) do
+    if m[2] == 1 then
+      for _, adj in ipairs(m[3]) do
+        redis.call('HINCRBY', m[1], 'adj', adj[2])
+        redis.call('XADD', control.outbox, '*', 'k', adj[4], 'v', adj[3], 'id', adj[1])
+      end
+    end
+  end
+end
+
 for t, marks in pairs(to_mark) do
   local key = seen_keys[t][1]
   call_chunked('HSET', key, marks)
@@ -219,4 +275,4 @@ if offsets and control.write_offsets and not failed then
   offsets_written = true
 end
 
-return cjson.encode({results = results, offsets = offsets_written})
+return cjson.encode({results = results, offsets = offsets_written, applied = true})

@@ -20,6 +20,21 @@ Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 - ``p:runsbyuser:t:<userId>``   sorted set: the user's run ids scored by startedAt
 - ``p:runsbyagent:t:<agent>``   sorted set: the agent's run ids scored by startedAt
 - ``p:runsbyuseragent:t:<userId>:<agent>``  sorted set: the user's runs of one agent
+- ``p:uh:t:<userId>:<YYYY-MM-DDTHH>``  hash: the user's counters of one UTC hour (same
+                                field names as a run, see domain.windows); expires
+                                ``hour_retention_seconds`` after the hour ends
+- ``p:ud:t:<userId>:<YYYY-MM-DD>``  hash: one UTC day; expires ``day_retention_seconds``
+                                after the day ends
+- ``p:um:t:<userId>:<YYYY-MM>``  hash: one billing month, also by agent; kept until
+                                deleted unless ``month_retention_seconds`` is set
+- ``p:ua:t:<userId>``           hash: the user's all-time counters
+- ``p:billusers:t:<YYYY-MM>``   sorted set, all scores 0 (so ordered by id): users with
+                                usage in the month
+- ``p:inv:t:<invoiceId>``       hash: one invoice (domain.invoices); its existence marks
+                                the user's month as invoiced
+- ``p:invs:t:<YYYY-MM>``        sorted set, all scores 0: user ids invoiced for the month
+- ``p:outbox:<name>``           stream: messages decided in Redis, waiting for the relay
+                                to publish them to Kafka (processor/outbox.py)
 - ``p:offsets:<group>``         hash: ``<topic>:<partition>`` -> next offset to consume,
                                 written in the same atomic step as the batch's effects
 - ``p:stats``                   hash: ``applied`` = entries applied (all tenants)
@@ -77,6 +92,30 @@ class Keys:
 
     def runs_by_user_agent(self, tenant: str, user_id: str, agent_name: str) -> str:
         return f"{self.prefix}:runsbyuseragent:{part(tenant)}:{part(user_id)}:{part(agent_name)}"
+
+    def user_hour(self, tenant: str, user_id: str, hour: str) -> str:
+        return f"{self.prefix}:uh:{part(tenant)}:{part(user_id)}:{hour}"
+
+    def user_day(self, tenant: str, user_id: str, day: str) -> str:
+        return f"{self.prefix}:ud:{part(tenant)}:{part(user_id)}:{day}"
+
+    def user_month(self, tenant: str, user_id: str, month: str) -> str:
+        return f"{self.prefix}:um:{part(tenant)}:{part(user_id)}:{month}"
+
+    def user_all(self, tenant: str, user_id: str) -> str:
+        return f"{self.prefix}:ua:{part(tenant)}:{part(user_id)}"
+
+    def billing_users(self, tenant: str, month: str) -> str:
+        return f"{self.prefix}:billusers:{part(tenant)}:{month}"
+
+    def invoice(self, tenant: str, invoice_id: str) -> str:
+        return f"{self.prefix}:inv:{part(tenant)}:{part(invoice_id)}"
+
+    def invoiced_users(self, tenant: str, month: str) -> str:
+        return f"{self.prefix}:invs:{part(tenant)}:{month}"
+
+    def outbox(self, name: str) -> str:
+        return f"{self.prefix}:outbox:{part(name)}"
 
     def offsets(self, group_id: str) -> str:
         return f"{self.prefix}:offsets:{part(group_id)}"

@@ -28,7 +28,9 @@ from processor.domain.rollup import (
     fold_batch,
     fold_run,
 )
+from processor.domain.windows import Retention
 from processor.store.keys import Keys
+from processor.store.user_payload import Invoiced, user_payloads
 
 _APPLY_LUA = resources.files("processor.store").joinpath("apply_batch.lua").read_text("utf-8")
 
@@ -56,7 +58,13 @@ _TRANSIENT_PREFIXES = (
 
 Group = tuple[list[AcceptedEntry], RunDelta]
 
-_NO_GROUPS: bytes = msgpack.packb({"fields": [], "seen": [], "groups": []})
+_NO_GROUPS: bytes = msgpack.packb({"fields": [], "seen": [], "groups": [], "users": []})
+
+#: Windows kept as the settings' defaults do (hour 14 days, day 400 days, month for ever).
+DEFAULT_RETENTION = Retention(hour_s=14 * 86400, day_s=400 * 86400, month_s=0)
+
+#: Outbox of invoice messages (new invoices, adjustments) for the relay to publish.
+INVOICES_OUTBOX = "invoices"
 
 
 class StaleOffsets(Exception):
@@ -85,8 +93,8 @@ class OffsetUpdate:
 class ApplyResult:
     accepted: list[AcceptedEntry] = field(default_factory=list)
     duplicates: list[AcceptedEntry] = field(default_factory=list)
-    #: entries that would take a counter of their run past 64 bits, with the counter
-    #: name: not applied (the caller dead-letters them as ``invariant``)
+    #: entries that would take a counter of their run or user past 64 bits, with the
+    #: counter name: not applied (the caller dead-letters them as ``invariant``)
     overflowed: list[tuple[AcceptedEntry, str]] = field(default_factory=list)
     #: entries on which the script itself failed, with the error: not applied (the
     #: caller dead-letters them as ``internal``)
@@ -99,6 +107,8 @@ class _Call:
     groups: list[int]  # indices into the plan's pending groups
     payload: bytes
     blob: bytes
+    #: (tenant, user, month) of every month the call's users touch, in payload order
+    months: list[tuple[str, str, str]]
 
 
 @dataclass(slots=True)
@@ -106,6 +116,7 @@ class ApplyPlan:
     """A batch folded per run and encoded, with what is already resolved of it."""
 
     token: str
+    now_ms: int
     pending: list[Group]
     calls: list[_Call] | None
     result: ApplyResult
@@ -125,13 +136,18 @@ class RunStore:
         *,
         dedup_ttl_s: int,
         entry_ttl_s: int,
+        retention: Retention = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._dedup_ttl_s = dedup_ttl_s
         self._entry_ttl_s = entry_ttl_s
+        self._retention = retention
         self._clock = clock
+        # Months seen invoiced (an invoice is never deleted by this app): calls touching
+        # them carry their adjustments up front instead of learning it from a refusal.
+        self._invoiced: Invoiced = set()
         self._apply_script = redis.register_script(_APPLY_LUA)
 
     # --- write side ---------------------------------------------------------------------
@@ -140,16 +156,18 @@ class RunStore:
         """Apply a batch exactly once per entry id; returns what was new and what was not."""
         return await self.execute(self.plan(entries))
 
-    def plan(self, entries: Sequence[AcceptedEntry]) -> ApplyPlan:
+    def plan(self, entries: Sequence[AcceptedEntry], now_ms: int | None = None) -> ApplyPlan:
         """The CPU part of ``apply``: fold per run and encode the script's arguments.
 
         Separate so a caller can do it while Redis still works on the previous batch.
+        ``now_ms`` decides which windows have expired (default: the store's clock).
         """
         folded, repeats = fold_batch(entries)
         pending: list[Group] = []
         for members, delta in folded:
             pending.extend(_split_by_size(members, delta))
-        plan = ApplyPlan(secrets.token_hex(6), pending, None, ApplyResult(duplicates=repeats))
+        now = int(self._clock() * 1000) if now_ms is None else now_ms
+        plan = ApplyPlan(secrets.token_hex(6), now, pending, None, ApplyResult(duplicates=repeats))
         plan.calls = self._encode(plan)
         return plan
 
@@ -232,8 +250,13 @@ class RunStore:
                 done_calls += 1
                 if reply.get("offsets"):
                     result.offsets_written = True
-                if not self._resolve(plan, call, reply.get("results") or [], retry):
+                if reply.get("applied"):
+                    for gi in call.groups:
+                        result.accepted.extend(plan.pending[gi][0])
+                else:
                     clean = False
+                    self._note_invoiced(call, reply.get("invoiced") or [])
+                    self._resolve(plan, call, reply.get("results") or [], retry, retry_alone)
         finally:
             # what is resolved stays resolved; the rest is sent again (re-encoded)
             rest = [plan.pending[i] for call in calls[done_calls:] for i in call.groups]
@@ -241,39 +264,60 @@ class RunStore:
             plan.alone = set(range(len(retry_alone)))
 
     def _resolve(
-        self, plan: ApplyPlan, call: _Call, results: list[Any], retry: list[Group]
-    ) -> bool:
-        """Record the outcome of one call; returns False when some group must go again."""
+        self,
+        plan: ApplyPlan,
+        call: _Call,
+        results: list[Any],
+        retry: list[Group],
+        retry_alone: list[Group],
+    ) -> None:
+        """Record the verdict of a call that wrote nothing: what is resolved (done by an
+        earlier attempt, duplicates, overflowing entries) and what goes again."""
         result = plan.result
         outcomes = {int(index): (kind, rest) for index, kind, *rest in results}
-        clean = True
         for local, gi in enumerate(call.groups):
-            members, _ = plan.pending[gi]
+            members, delta = plan.pending[gi]
             outcome = outcomes.get(local)
-            if outcome is None or outcome[0] == "done":
-                result.accepted.extend(members)
+            if outcome is None:
+                retry.append((members, delta))
                 continue
-            clean = False
             kind, detail = outcome
-            if kind == "overflow":
-                if len(members) > 1:
-                    retry.extend(([e], fold_run([e])) for e in members)
+            if kind == "done":
+                result.accepted.extend(members)
+            elif kind == "overflow":
+                # narrowed down to the entry: the group alone, then each entry alone (a
+                # user's counters sum over every group of the call)
+                if len(call.groups) > 1:
+                    retry_alone.append((members, delta))
+                elif len(members) > 1:
+                    retry_alone.extend(([e], fold_run([e])) for e in members)
                 else:
                     result.overflowed.append((members[0], str(detail[0])))
-                continue
-            others = set(detail[0] or ())
-            ours = set(detail[1] or ()) if len(detail) > 1 else set()
-            rest = []
-            for e in members:
-                if e.entry_id in ours:
-                    result.accepted.append(e)
-                elif e.entry_id in others:
-                    result.duplicates.append(e)
-                else:
-                    rest.append(e)
-            if rest:
-                retry.append((rest, fold_run(rest)))
-        return clean
+            else:
+                others = set(detail[0] or ())
+                ours = set(detail[1] or ()) if len(detail) > 1 else set()
+                rest = []
+                for e in members:
+                    if e.entry_id in ours:
+                        result.accepted.append(e)
+                    elif e.entry_id in others:
+                        result.duplicates.append(e)
+                    else:
+                        rest.append(e)
+                if rest:
+                    retry.append((rest, fold_run(rest)))
+
+    def _note_invoiced(self, call: _Call, verdicts: list[Any]) -> None:
+        for _, month_index, found in verdicts:
+            month = call.months[int(month_index)]
+            if found:
+                self._invoiced.add(month)
+            else:
+                self._invoiced.discard(month)
+
+    def note_invoiced(self, tenant: str, user: str, period: str) -> None:
+        """This process invoiced a month: its late entries are adjustments from now on."""
+        self._invoiced.add((tenant, user, period))
 
     @staticmethod
     def _isolate(plan: ApplyPlan, call: _Call, error: str, retry_alone: list[Group]) -> None:
@@ -304,6 +348,7 @@ class RunStore:
                 if offsets is None
                 else [offsets.key, [list(p) for p in offsets.parts]],
                 "write_offsets": write,
+                "outbox": self._keys.outbox(INVOICES_OUTBOX),
             }
         )
 
@@ -339,12 +384,22 @@ class RunStore:
         fields: dict[str, int] = {}
         tenants: dict[str, int] = {}
         groups = [self._group_payload(plan.pending[i][1], bodies, fields, tenants) for i in indices]
+        users, months = user_payloads(
+            self._keys,
+            [plan.pending[i] for i in indices],
+            now_ms=plan.now_ms,
+            keep=self._retention,
+            invoiced=self._invoiced,
+            tenant_index=lambda t: _intern(tenants, t),
+            field_index=lambda f: _intern(fields, f),
+        )
         payload = {
             "fields": list(fields),
             "seen": [self._keys.seen_prefix(t) for t in tenants],
             "groups": groups,
+            "users": users,
         }
-        return _Call(indices, msgpack.packb(payload), b"".join(bodies.parts))
+        return _Call(indices, msgpack.packb(payload), b"".join(bodies.parts), months)
 
     def _group_payload(
         self,

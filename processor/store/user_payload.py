@@ -1,0 +1,130 @@
+"""What one script call adds to its users' windows, in the shape apply_batch.lua reads.
+
+The windows are summed over all the call's groups (20 users with 200 runs in a batch
+cost 20 sets of increments, not 200), which is why a call is all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from processor.domain.invoices import adjustment_id, invoice_id
+from processor.domain.money import format_usd
+from processor.domain.rollup import AcceptedEntry, RunDelta, Slot
+from processor.domain.windows import HOUR_MS, Retention, hour_info, merge_slots, user_deltas
+from processor.store.keys import Keys
+
+#: (tenant, user, YYYY-MM) of months known to be invoiced
+Invoiced = set[tuple[str, str, str]]
+
+
+def user_payloads(
+    keys: Keys,
+    groups: Sequence[tuple[Sequence[AcceptedEntry], RunDelta]],
+    *,
+    now_ms: int,
+    keep: Retention,
+    invoiced: Invoiced,
+    tenant_index: Callable[[str], int],
+    field_index: Callable[[str], int],
+) -> tuple[list[Any], list[tuple[str, str, str]]]:
+    """The ``users`` part of a call, and the (tenant, user, month) of each entry of each
+    user's ``months`` list in the same order (to read the script's verdict back).
+
+    Positional per user: [tenant index, all-time key, windows (all time first): [key,
+    expire at (epoch s, 0: never), [field index, increment, ...]], billing: [key, user,
+    ...], months: [invoice key, 1 if expected invoiced else 0, adjustments: [id, pico,
+    message, user]], 1-based indices of the call's groups with entries of the user].
+    """
+    by_tenant: dict[str, list[dict[tuple[str, int], Slot]]] = {}
+    groups_of: dict[tuple[str, str], list[int]] = {}
+    for gi, (_, delta) in enumerate(groups):
+        by_tenant.setdefault(delta.tenant_id, []).append(delta.slots)
+        for user in {u for u, _ in delta.slots}:
+            groups_of.setdefault((delta.tenant_id, user), []).append(gi + 1)
+    payload: list[Any] = []
+    months_read: list[tuple[str, str, str]] = []
+    for tenant, parts in by_tenant.items():
+        for ud in user_deltas(merge_slots(parts), now_ms, keep):
+            user = ud.user_id
+            windows: list[Any] = []
+            billing: list[str] = []
+            months: list[Any] = []
+            for w in sorted(ud.windows, key=lambda w: w.kind != "all"):
+                if w.kind == "all":
+                    key = keys.user_all(tenant, user)
+                elif w.kind == "month":
+                    key = keys.user_month(tenant, user, w.label)
+                    billing += [keys.billing_users(tenant, w.label), user]
+                    expected = (tenant, user, w.label) in invoiced
+                    inv = invoice_id(tenant, user, w.label)
+                    months.append(
+                        [
+                            keys.invoice(tenant, inv),
+                            int(expected),
+                            _adjustments(groups, tenant, user, w.label, inv, now_ms)
+                            if expected
+                            else [],
+                        ]
+                    )
+                    months_read.append((tenant, user, w.label))
+                elif w.kind == "day":
+                    key = keys.user_day(tenant, user, w.label)
+                else:
+                    key = keys.user_hour(tenant, user, w.label)
+                expire = 0 if w.expire_at_ms is None else -(-w.expire_at_ms // 1000)
+                flat: list[Any] = []
+                for f, v in w.incr.items():
+                    flat += (field_index(f), _lua_int(v))
+                windows.append([key, expire, flat])
+            payload.append(
+                [
+                    tenant_index(tenant),
+                    keys.user_all(tenant, user),
+                    windows,
+                    billing,
+                    months,
+                    groups_of[(tenant, user)],
+                ]
+            )
+    return payload, months_read
+
+
+def _adjustments(
+    groups: Sequence[tuple[Sequence[AcceptedEntry], RunDelta]],
+    tenant: str,
+    user: str,
+    month: str,
+    invoice: str,
+    now_ms: int,
+) -> list[list[Any]]:
+    """One adjustment per priced LLM call of an invoiced month (entries without cost
+    change the rollup, not what is owed)."""
+    out = []
+    for members, delta in groups:
+        if delta.tenant_id != tenant:
+            continue
+        for e in members:
+            if (
+                e.user_id == user
+                and e.cost_pico > 0
+                and hour_info(e.timestamp // HOUR_MS).month == month
+            ):
+                adj = adjustment_id(invoice, e.entry_id)
+                message = {
+                    "type": "adjustment",
+                    "adjustmentId": adj,
+                    "invoiceId": invoice,
+                    "amountUsd": format_usd(e.cost_pico),
+                    "entryId": e.entry_id,
+                    "at": now_ms,
+                }
+                out.append([adj, str(e.cost_pico), json.dumps(message), user])
+    return out
+
+
+def _lua_int(v: int) -> int | str:
+    """Lua numbers are doubles: integers beyond 2^53 travel as strings."""
+    return v if -(2**53) < v < 2**53 else str(v)
