@@ -8,10 +8,12 @@ docs/decisions.md has the measurements behind that split.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,11 @@ from processor.consumer import IngestConsumer
 from processor.domain.pricing import load_catalog
 from processor.health import DependencyMonitor
 from processor.ingest import IngestPipeline, retention_of
+from processor.invoicing import SCHEDULE, catch_up, generate_period, previous_period
 from processor.metrics import UsageMetrics
 from processor.publisher import Publisher
 from processor.settings import Settings
+from processor.store.invoices import InvoiceStore
 from processor.store.keys import Keys
 from processor.store.run_queries import RunQueries
 from processor.store.runs import RunStore
@@ -148,4 +152,39 @@ def create_app(settings: Settings) -> UsageApp:
         metrics=metrics,
         kafka_up=lambda: monitor.up("kafka"),
     )
+    invoices = InvoiceStore(redis, Keys(settings.key_prefix))
+    _schedule_invoices(app, redis, Keys(settings.key_prefix), invoices, metrics, settings)
     return app
+
+
+def _schedule_invoices(
+    app: UsageApp,
+    redis: Redis,
+    keys: Keys,
+    invoices: InvoiceStore,
+    metrics: UsageMetrics,
+    settings: Settings,
+) -> None:
+    """The previous month's invoices on day 2, 00:00 UTC, on the leader only (Faust's
+    crontab and leader election); and at start-up, the due period if no run finished it."""
+
+    @app.crontab(SCHEDULE, timezone=UTC, on_leader=True)
+    async def generate_due_invoices() -> None:
+        period = previous_period(datetime.now(UTC))
+        try:
+            await generate_period(redis, keys, invoices, period, metrics=metrics)
+        except Exception:
+            # the catch-up of the next start, or the operator command, finishes it
+            log.exception("scheduled invoice generation of %s failed", period)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def catch_up_invoices() -> None:
+        delay = 1.0
+        while True:
+            try:
+                await catch_up(redis, keys, invoices, metrics=metrics)
+                return
+            except Exception as exc:
+                log.warning("invoice catch-up failed, retrying in %.0f s: %r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max(settings.retry_max_seconds, 1.0))

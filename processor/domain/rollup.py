@@ -242,6 +242,10 @@ class RunDelta:
     children: set[str] = field(default_factory=set)
     # (id, timestamp, json body)
     entries: list[tuple[str, int, str | bytes]] = field(default_factory=list)
+    # the slot the last entry went to
+    _slot: Slot | None = None
+    _slot_hour: int = -1
+    _slot_user: str = ""
 
     def add(self, e: AcceptedEntry) -> None:
         ts = e.timestamp
@@ -256,10 +260,14 @@ class RunDelta:
         if self.agent_name is None:
             self.agent_name = e.agent_name
         self.count += 1
-        slot_key = (e.user_id, ts // 3_600_000)
-        slot = self.slots.get(slot_key)
-        if slot is None:
-            slot = self.slots[slot_key] = Slot()
+        hour = ts // 3_600_000
+        slot = self._slot
+        if slot is None or hour != self._slot_hour or e.user_id != self._slot_user:
+            # most entries of a run in a batch share one user and one hour
+            slot = self.slots.get((e.user_id, hour))
+            if slot is None:
+                slot = self.slots[(e.user_id, hour)] = Slot()
+            self._slot, self._slot_hour, self._slot_user = slot, hour, e.user_id
         slot.count += 1
         kind = e.kind
         if kind == "tokens":
@@ -300,7 +308,12 @@ class RunDelta:
 
     def tokens_by_model(self) -> dict[str, list[int]]:
         """model -> [prompt, completion, reasoning, cached, cacheWrite, total, cost pico,
-        calls], summed over the run's slots."""
+        calls], summed over the run's slots (not to be modified)."""
+        if len(self.slots) == 1:
+            (slot,) = self.slots.values()
+            if all(agent == self.agent_name for _, agent in slot.tokens):
+                # the common case: one user, one hour, one agent; read-only use
+                return {model: sums for (model, _), sums in slot.tokens.items()}
         out: dict[str, list[int]] = {}
         for slot in self.slots.values():
             for (model, _), sums in slot.tokens.items():

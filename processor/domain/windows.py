@@ -156,6 +156,11 @@ def user_deltas(slots: Mapping[SlotKey, Slot], now_ms: int, keep: Retention) -> 
         windows: dict[tuple[str, str], WindowDelta] = {}
         late: dict[str, int] = {}
         for info, slot in hours:
+            # the slot's fields once; every window of it adds the same (months also by agent)
+            base: dict[str, int] = {}
+            _add_slot(base, slot)
+            agents: dict[str, int] = {}
+            _add_agents(agents, slot)
             for kind, label, end, keep_s in (
                 ("hour", info.hour, info.hour_end_ms, keep.hour_s),
                 ("day", info.day, info.day_end_ms, keep.day_s),
@@ -168,25 +173,37 @@ def user_deltas(slots: Mapping[SlotKey, Slot], now_ms: int, keep: Retention) -> 
                     continue
                 w = windows.get((kind, label))
                 if w is None:
-                    w = windows[(kind, label)] = WindowDelta(kind, label, {}, expire)
-                _add_slot(w.incr, slot, by_agent=kind == "month")
+                    incr = base | agents if kind == "month" else dict(base)
+                    windows[(kind, label)] = WindowDelta(kind, label, incr, expire)
+                else:
+                    _sum_into(w.incr, base)
+                    if kind == "month":
+                        _sum_into(w.incr, agents)
         months = sorted({info.month for info, _ in hours})
         out.append(UserDelta(user, list(windows.values()), months, late))
     return out
 
 
-def _add_slot(incr: dict[str, int], slot: Slot, *, by_agent: bool) -> None:
+def _sum_into(incr: dict[str, int], more: Mapping[str, int]) -> None:
+    for f, v in more.items():
+        incr[f] = incr.get(f, 0) + v
+
+
+def _add_slot(incr: dict[str, int], slot: Slot) -> None:
     incr[F_COUNT] = incr.get(F_COUNT, 0) + slot.count
     if slot.tool_ok:
         incr[F_TOOL_OK] = incr.get(F_TOOL_OK, 0) + slot.tool_ok
     if slot.tool_fail:
         incr[F_TOOL_FAIL] = incr.get(F_TOOL_FAIL, 0) + slot.tool_fail
-    for (model, agent), sums in slot.tokens.items():
+    for (model, _), sums in slot.tokens.items():
         _add_tokens(incr, token_fields(model), sums)
-        if by_agent:
-            fields = _agent_fields(agent or UNKNOWN_AGENT)
-            _add_tokens(incr, fields, sums)
-            incr[fields[7]] = incr.get(fields[7], 0) + sums[7]
+
+
+def _add_agents(incr: dict[str, int], slot: Slot) -> None:
+    for (_, agent), sums in slot.tokens.items():
+        fields = _agent_fields(agent or UNKNOWN_AGENT)
+        _add_tokens(incr, fields, sums)
+        incr[fields[7]] = incr.get(fields[7], 0) + sums[7]
 
 
 def _add_tokens(incr: dict[str, int], fields: tuple[str, ...], sums: list[int]) -> None:

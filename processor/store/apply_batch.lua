@@ -245,7 +245,10 @@ for _, u in ipairs(users) do
     if expire_at ~= 0 then redis.call('EXPIREAT', key, expire_at) end
   end
   local billing = u[4]
-  for i = 1, #billing, 2 do redis.call('ZADD', billing[i], 0, billing[i + 1]) end
+  for i = 1, #billing, 4 do
+    redis.call('ZADD', billing[i], 0, billing[i + 1])
+    redis.call('SADD', billing[i + 2], billing[i + 3])
+  end
   -- entries of an invoiced month: the invoice's adjustment grows with the rollup, and
   -- each one is appended to the outbox in the same step (processor/outbox.py relays it)
   for _, m in ipairs(u[5]) do

@@ -30,6 +30,10 @@ Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 - ``p:ua:t:<userId>``           hash: the user's all-time counters
 - ``p:billusers:t:<YYYY-MM>``   sorted set, all scores 0 (so ordered by id): users with
                                 usage in the month
+- ``p:billtenants:<YYYY-MM>``   set: tenants with usage in the month (what scheduled
+                                invoice generation walks)
+- ``p:invdone:<YYYY-MM>``       string: set once scheduled generation of the month ran
+                                to the end (a restarted worker's catch-up skips it)
 - ``p:inv:t:<invoiceId>``       hash: one invoice (domain.invoices); its existence marks
                                 the user's month as invoiced
 - ``p:invs:t:<YYYY-MM>``        sorted set, all scores 0: user ids invoiced for the month
@@ -107,6 +111,12 @@ class Keys:
 
     def billing_users(self, tenant: str, month: str) -> str:
         return f"{self.prefix}:billusers:{part(tenant)}:{month}"
+
+    def billing_tenants(self, month: str) -> str:
+        return f"{self.prefix}:billtenants:{month}"
+
+    def invoices_done(self, month: str) -> str:
+        return f"{self.prefix}:invdone:{month}"
 
     def invoice(self, tenant: str, invoice_id: str) -> str:
         return f"{self.prefix}:inv:{part(tenant)}:{part(invoice_id)}"

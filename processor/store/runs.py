@@ -390,8 +390,8 @@ class RunStore:
             now_ms=plan.now_ms,
             keep=self._retention,
             invoiced=self._invoiced,
-            tenant_index=lambda t: _intern(tenants, t),
-            field_index=lambda f: _intern(fields, f),
+            tenants=tenants,
+            fields=fields,
         )
         payload = {
             "fields": list(fields),

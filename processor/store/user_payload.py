@@ -7,7 +7,7 @@ cost 20 sets of increments, not 200), which is why a call is all or nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from processor.domain.invoices import adjustment_id, invoice_id
@@ -15,6 +15,9 @@ from processor.domain.money import format_usd
 from processor.domain.rollup import AcceptedEntry, RunDelta, Slot
 from processor.domain.windows import HOUR_MS, Retention, hour_info, merge_slots, user_deltas
 from processor.store.keys import Keys
+
+# Lua numbers are doubles: integers beyond 2^53 travel as strings.
+_EXACT = 2**53
 
 #: (tenant, user, YYYY-MM) of months known to be invoiced
 Invoiced = set[tuple[str, str, str]]
@@ -27,16 +30,18 @@ def user_payloads(
     now_ms: int,
     keep: Retention,
     invoiced: Invoiced,
-    tenant_index: Callable[[str], int],
-    field_index: Callable[[str], int],
+    tenants: dict[str, int],
+    fields: dict[str, int],
 ) -> tuple[list[Any], list[tuple[str, str, str]]]:
-    """The ``users`` part of a call, and the (tenant, user, month) of each entry of each
+    """The ``users`` part of a call (``tenants`` and ``fields`` are the call's interned
+    names, extended as needed), and the (tenant, user, month) of each entry of each
     user's ``months`` list in the same order (to read the script's verdict back).
 
     Positional per user: [tenant index, all-time key, windows (all time first): [key,
-    expire at (epoch s, 0: never), [field index, increment, ...]], billing: [key, user,
-    ...], months: [invoice key, 1 if expected invoiced else 0, adjustments: [id, pico,
-    message, user]], 1-based indices of the call's groups with entries of the user].
+    expire at (epoch s, 0: never), [field index, increment, ...]], billing: [users key,
+    user, tenants key, tenant, ...], months: [invoice key, 1 if expected invoiced else 0,
+    adjustments: [id, pico, message, user]], 1-based indices of the call's groups with
+    entries of the user].
     """
     by_tenant: dict[str, list[dict[tuple[str, int], Slot]]] = {}
     groups_of: dict[tuple[str, str], list[int]] = {}
@@ -57,7 +62,12 @@ def user_payloads(
                     key = keys.user_all(tenant, user)
                 elif w.kind == "month":
                     key = keys.user_month(tenant, user, w.label)
-                    billing += [keys.billing_users(tenant, w.label), user]
+                    billing += [
+                        keys.billing_users(tenant, w.label),
+                        user,
+                        keys.billing_tenants(w.label),
+                        tenant,
+                    ]
                     expected = (tenant, user, w.label) in invoiced
                     inv = invoice_id(tenant, user, w.label)
                     months.append(
@@ -77,11 +87,15 @@ def user_payloads(
                 expire = 0 if w.expire_at_ms is None else -(-w.expire_at_ms // 1000)
                 flat: list[Any] = []
                 for f, v in w.incr.items():
-                    flat += (field_index(f), _lua_int(v))
+                    index = fields.get(f)
+                    if index is None:
+                        index = fields[f] = len(fields) + 1
+                    flat.append(index)
+                    flat.append(v if -_EXACT < v < _EXACT else str(v))
                 windows.append([key, expire, flat])
             payload.append(
                 [
-                    tenant_index(tenant),
+                    tenants.setdefault(tenant, len(tenants) + 1),
                     keys.user_all(tenant, user),
                     windows,
                     billing,
@@ -125,6 +139,3 @@ def _adjustments(
     return out
 
 
-def _lua_int(v: int) -> int | str:
-    """Lua numbers are doubles: integers beyond 2^53 travel as strings."""
-    return v if -(2**53) < v < 2**53 else str(v)
