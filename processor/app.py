@@ -35,6 +35,7 @@ from processor.store.invoices import InvoiceStore
 from processor.store.keys import Keys
 from processor.store.run_queries import RunQueries
 from processor.store.runs import RunStore
+from processor.store.user_queries import UserQueries
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ def create_app(settings: Settings) -> UsageApp:
             detail="; ".join(details),
         )
 
+    invoices = InvoiceStore(redis, Keys(settings.key_prefix))
     queries = RunQueries(
         redis,
         Keys(settings.key_prefix),
@@ -151,8 +153,9 @@ def create_app(settings: Settings) -> UsageApp:
         publish=publisher.publish,
         metrics=metrics,
         kafka_up=lambda: monitor.up("kafka"),
+        users=UserQueries(redis, Keys(settings.key_prefix)),
+        invoices=invoices,
     )
-    invoices = InvoiceStore(redis, Keys(settings.key_prefix))
     _schedule_invoices(app, redis, Keys(settings.key_prefix), invoices, metrics, settings)
     return app
 

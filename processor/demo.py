@@ -13,9 +13,11 @@ import random
 import re
 import signal
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from aiokafka import AIOKafkaProducer
@@ -142,7 +144,46 @@ async def _screen(http: httpx.AsyncClient, sent: dict[str, int], elapsed: float)
     ]
     for r in top:
         lines.append(_row(r))
+    lines += await _top_users(http)
     print("\n".join(lines), flush=True)
+
+
+async def _top_users(http: httpx.AsyncClient, n: int = 5) -> list[str]:
+    """The costliest users of this UTC month and of today (from the billing list and each
+    user's daily window: reads of window counters, never of entries)."""
+    today = datetime.now(UTC).date()
+    period = f"{today.year:04d}-{today.month:02d}"
+    reply = await http.get(f"/v1/billing/{period}/users", params={"limit": 1000})
+    if reply.status_code != 200:
+        return []
+    month = reply.json()["users"]
+    days = await asyncio.gather(
+        *(
+            http.get(
+                f"/v1/users/{quote(u['userId'], safe='')}/usage/daily",
+                params={"from": today.isoformat(), "to": today.isoformat()},
+            )
+            for u in month
+        )
+    )
+    today_cost = {}
+    for u, d in zip(month, days, strict=True):
+        rows = d.json().get("days", []) if d.status_code == 200 else []
+        today_cost[u["userId"]] = rows[0]["costUsd"] if rows else "0"
+    by_month = sorted(month, key=lambda u: Decimal(u["costUsd"]), reverse=True)[:n]
+    by_today = sorted(today_cost.items(), key=lambda kv: Decimal(kv[1]), reverse=True)[:n]
+    lines = [
+        f"{'top users this month':<34} {'cost USD':>14}   {'top users today':<20} {'cost USD':>14}"
+    ]
+    for i in range(max(len(by_month), len(by_today))):
+        left = (
+            f"{by_month[i]['userId']:<34} {by_month[i]['costUsd']:>14}"
+            if i < len(by_month)
+            else " " * 49
+        )
+        right = f"{by_today[i][0]:<20} {by_today[i][1]:>14}" if i < len(by_today) else ""
+        lines.append(f"{left}   {right}")
+    return lines
 
 
 def _row(r: dict[str, Any]) -> str:

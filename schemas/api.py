@@ -196,9 +196,12 @@ class BillingUser(WireModel):
 
 
 class BillingUsers(WireModel):
-    """``GET /v1/billing/{YYYY-MM}/users``."""
+    """``GET /v1/billing/{YYYY-MM}/users``: users with usage in the month, by ``userId``."""
 
     users: list[BillingUser]
+    next_cursor: str | None = Field(
+        description="Opaque; pass it as cursor for the next page; null on the last page."
+    )
 
 
 class AlertList(WireModel):

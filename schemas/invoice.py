@@ -69,6 +69,7 @@ class Invoice(WireModel):
 
 
 class InvoiceStatusUpdate(WireModel):
-    """Body of ``POST /v1/invoices/{invoiceId}/status``; other values are a 400."""
+    """Body of ``POST /v1/invoices/{invoiceId}/status``: the status to move to. A status
+    that does not exist is a 400; ``pending`` exists but no invoice may return to it (409)."""
 
     status: Literal["paid", "failed"]

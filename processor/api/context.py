@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -9,7 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from processor.metrics import UsageMetrics
 from processor.settings import Settings
+from processor.store.invoices import InvoiceStore
 from processor.store.run_queries import RunQueries
+from processor.store.user_queries import UserQueries
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,14 @@ class Readiness:
         return self.kafka and self.redis and self.partitions_assigned and self.applying
 
 
+#: Epoch milliseconds now.
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 #: Publish (key, value) messages to a topic and wait until the broker acknowledged all.
 Publish = Callable[[str, Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
 
@@ -44,3 +55,10 @@ class ApiContext:
     #: Whether the broker answered the last probe; HTTP ingest answers 503 at once when
     #: not (None: unknown, publish and see)
     kafka_up: Callable[[], bool] | None = None
+    #: Users' windows and billing pages; the user and billing-users routes are only
+    #: registered when set
+    users: UserQueries | None = None
+    #: Invoices; the invoice routes are only registered when set
+    invoices: InvoiceStore | None = None
+    #: "Now" of the dashboard's current month and of generated invoices' generatedAt
+    clock: Clock = wall_clock_ms

@@ -20,9 +20,10 @@ API_TITLE: Final = "usage-stream query API"
 API_VERSION: Final = "1"
 
 _ERROR_TEXT: Final = {
-    400: "A query parameter is malformed or out of range",
+    400: "A parameter or the request body is malformed or out of range",
     401: "Missing or unknown bearer key",
     404: "Not found (or belongs to another tenant)",
+    409: "The change conflicts with the resource's state",
     500: "Unexpected error",
     503: "State store unavailable",
 }

@@ -8,6 +8,16 @@ from typing import Final
 from aiohttp import web
 
 from processor.api.auth import DEFAULT_TENANT, make_auth_middleware
+from processor.api.billing import (
+    BILLING_SCHEMAS,
+    BILLING_USERS,
+    GENERATE_INVOICES,
+    GET_INVOICE,
+    LIST_INVOICES,
+    SET_INVOICE_STATUS,
+    BillingViews,
+    InvoiceViews,
+)
 from processor.api.context import ApiContext
 from processor.api.errors import error_middleware
 from processor.api.ingest import INGEST, INGEST_SCHEMAS, IngestViews
@@ -15,6 +25,14 @@ from processor.api.openapi import Param, RouteSpec, add_route, openapi_handler
 from processor.api.ops import CTX_KEY, OpsViews, healthz
 from processor.api.params import DEFAULT_LIMIT, MAX_LIMIT
 from processor.api.runs import ENTRY_KINDS, RunViews
+from processor.api.users import (
+    USER_DAILY,
+    USER_DASHBOARD,
+    USER_MONTHLY,
+    USER_SCHEMAS,
+    USER_USAGE,
+    UserViews,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +121,9 @@ def setup_routes(app: web.Application, ctx: ApiContext) -> None:
     """Install the error and auth middlewares and every route of this package on ``app``.
 
     Call once, before the application starts (aiohttp freezes routes and middlewares then).
-    ``/metrics`` is left to Faust's Prometheus sensor; see ``ops.metrics_handler``.
+    ``/metrics`` is left to Faust's Prometheus sensor; see ``ops.metrics_handler``. The
+    user and billing-users routes need ``ctx.users``, the invoice routes ``ctx.invoices``;
+    each group is only registered when its store is given.
     """
     app[CTX_KEY] = ctx
     keys = ctx.settings.api_key_tenants()
@@ -122,6 +142,19 @@ def setup_routes(app: web.Application, ctx: ApiContext) -> None:
     add_route(app, ENTRIES, runs.entries)
     add_route(app, LIST_RUNS, runs.list_runs)
     add_route(app, INGEST, IngestViews(ctx).post_entries, INGEST_SCHEMAS)
+    if ctx.users is not None:
+        users = UserViews(ctx.users, ctx.clock)
+        add_route(app, USER_USAGE, users.usage, USER_SCHEMAS)
+        add_route(app, USER_DAILY, users.daily, USER_SCHEMAS)
+        add_route(app, USER_MONTHLY, users.monthly, USER_SCHEMAS)
+        add_route(app, USER_DASHBOARD, users.dashboard, USER_SCHEMAS)
+        add_route(app, BILLING_USERS, BillingViews(ctx.users).users, BILLING_SCHEMAS)
+    if ctx.invoices is not None:
+        invoices = InvoiceViews(ctx.invoices, ctx.clock)
+        add_route(app, GENERATE_INVOICES, invoices.generate, BILLING_SCHEMAS)
+        add_route(app, LIST_INVOICES, invoices.list_period, BILLING_SCHEMAS)
+        add_route(app, GET_INVOICE, invoices.get, BILLING_SCHEMAS)
+        add_route(app, SET_INVOICE_STATUS, invoices.set_status, BILLING_SCHEMAS)
     add_route(app, OPENAPI, openapi_handler)
     add_route(app, HEALTHZ, healthz)
     add_route(app, READYZ, ops.readyz)

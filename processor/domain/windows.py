@@ -9,6 +9,7 @@ depend on arrival order or on how entries fall into batches.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -344,9 +345,13 @@ def parse_month(text: str) -> tuple[int, int]:
     return year, month
 
 
+_DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+
+
 def parse_day(text: str) -> date:
     """``YYYY-MM-DD`` -> date; ValueError otherwise."""
-    if len(text) != 10 or not text.isascii():
+    # fromisoformat alone also takes ISO week dates such as 2024-W09-4
+    if not _DAY_RE.fullmatch(text):
         raise ValueError(f"expected YYYY-MM-DD, got {text!r}")
     try:
         return date.fromisoformat(text)
