@@ -310,10 +310,11 @@ class RunDelta:
         """model -> [prompt, completion, reasoning, cached, cacheWrite, total, cost pico,
         calls], summed over the run's slots (not to be modified)."""
         if len(self.slots) == 1:
+            # the common case: one user, one hour, one agent per model; read-only use
             (slot,) = self.slots.values()
-            if all(agent == self.agent_name for _, agent in slot.tokens):
-                # the common case: one user, one hour, one agent; read-only use
-                return {model: sums for (model, _), sums in slot.tokens.items()}
+            single = {model: sums for (model, _), sums in slot.tokens.items()}
+            if len(single) == len(slot.tokens):
+                return single
         out: dict[str, list[int]] = {}
         for slot in self.slots.values():
             for (model, _), sums in slot.tokens.items():
