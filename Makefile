@@ -69,6 +69,7 @@ format: $(PIP_STAMP)
 
 bench: install
 	$(BIN)/usage-stream bench
+	$(BIN)/usage-stream bench --reads
 
 schemas: $(PIP_STAMP)
 	$(BIN)/usage-stream schemas export

@@ -29,12 +29,13 @@ from processor.health import DependencyMonitor
 from processor.ingest import IngestPipeline, retention_of
 from processor.invoicing import SCHEDULE, catch_up, generate_period, previous_period
 from processor.metrics import UsageMetrics
+from processor.outbox import OutboxRelay
 from processor.publisher import Publisher
 from processor.settings import Settings
 from processor.store.invoices import InvoiceStore
 from processor.store.keys import Keys
 from processor.store.run_queries import RunQueries
-from processor.store.runs import RunStore
+from processor.store.runs import INVOICES_OUTBOX, RunStore
 from processor.store.user_queries import UserQueries
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,12 @@ def create_app(settings: Settings) -> UsageApp:
     )
     ingest = IngestConsumer(settings, pipeline, runs, metrics)
     monitor = DependencyMonitor(settings.kafka_bootstrap, redis)
-    app.extra_services = [monitor, publisher, ingest]
+    # Invoices and adjustments decided in Redis reach Kafka through the outbox, relayed by
+    # the leader only (two relays would fence each other's transactions in turn).
+    relay = OutboxRelay(
+        settings, redis, INVOICES_OUTBOX, settings.topic_invoices, active=lambda: app.is_leader()
+    )
+    app.extra_services = [monitor, publisher, ingest, relay]
 
     async def readiness() -> Readiness:
         details = [f"{name} unreachable" for name in ("kafka", "redis") if not monitor.up(name)]

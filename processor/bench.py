@@ -269,6 +269,7 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
             "topic_dlq": f"{tag}.usage.entries.dlq",
             "topic_notifications": f"{tag}.usage.notifications",
             "topic_invoices": f"{tag}.usage.invoices",
+            "topic_outbox_progress": f"{tag}.usage.outbox.progress",
         }
     )
     asyncio.run(ensure_topics(settings))

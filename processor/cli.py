@@ -144,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--entries", type=int, default=200_000)
     bench.add_argument("--rate", type=int, default=2000, help="offered load for the latency run")
     bench.add_argument("--latency-seconds", type=float, default=10.0)
+    bench.add_argument(
+        "--reads",
+        action="store_true",
+        help="time the user, billing and invoice reads instead (1M entries of one user)",
+    )
     prices = sub.add_parser("prices", help="the price catalog: show a price, check a file")
     prices_sub = prices.add_subparsers(dest="action", required=True)
     show = prices_sub.add_parser("show", help="the price in effect for a model, and its source")
@@ -152,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--at", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
     check = prices_sub.add_parser("check", help="validate a prices file as start-up would")
     check.add_argument("file", type=Path)
+    invoices = sub.add_parser("invoices", help="invoices of a billing period")
+    invoices_sub = invoices.add_subparsers(dest="action", required=True)
+    generate = invoices_sub.add_parser(
+        "generate", help="create a period's missing invoices and publish them (idempotent)"
+    )
+    generate.add_argument("period", help="YYYY-MM")
     args = parser.parse_args(argv)
 
     if args.command == "schemas":
@@ -175,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         return show_price(
             args.model, provider=args.provider, at=args.at, prices_file=settings.prices_file
         )
+    if args.command == "invoices":
+        from processor.invoices_cli import generate_invoices
+
+        return generate_invoices(settings, args.period)
+    if args.command == "bench" and args.reads:
+        from processor.bench_reads import run_read_bench
+
+        return run_read_bench(settings)
     if args.command == "bench":
         from processor.bench import run_bench
 

@@ -23,7 +23,16 @@ def owned_topics(settings: Settings) -> list[str]:
         settings.topic_dlq,
         settings.topic_notifications,
         settings.topic_invoices,
+        settings.topic_outbox_progress,
     ]
+
+
+def topic_partitions(settings: Settings, topic: str) -> int:
+    """The outbox progress topic has one partition: a relay reads its own progress back
+    by offset order, which only one partition gives (processor/outbox.py)."""
+    if topic == settings.topic_outbox_progress:
+        return 1
+    return settings.topic_partitions
 
 
 def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
@@ -31,6 +40,10 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     the broker's default 1 MB message limit; the DLQ topic allows 8 MiB."""
     if topic == settings.topic_dlq:
         return {"max.message.bytes": str(DLQ_TOPIC_MAX_MESSAGE_BYTES)}
+    if topic == settings.topic_outbox_progress:
+        # Compaction keeps the latest record per key, which is all a relay needs (each key
+        # is one slot of its ring of recent ids); hourly segments let the cleaner run.
+        return {"cleanup.policy": "compact", "segment.ms": str(3_600_000)}
     return {}
 
 
@@ -49,7 +62,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
             [
                 NewTopic(
                     name=t,
-                    num_partitions=settings.topic_partitions,
+                    num_partitions=topic_partitions(settings, t),
                     replication_factor=settings.topic_replication,
                     topic_configs=topic_configs(settings, t),
                 )

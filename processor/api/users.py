@@ -14,7 +14,9 @@ Decisions where the contract is silent:
 
 from __future__ import annotations
 
+import json
 import re
+from collections import OrderedDict
 from datetime import date
 from typing import Any, Final
 
@@ -33,6 +35,8 @@ from schemas.api import DailyUsage, Dashboard, MonthlyUsage, UserUsage
 
 #: Most days one daily request may cover (inclusive).
 MAX_DAYS: Final = 400
+#: Days' JSON kept per worker (a day of 40 models is about 8 KB).
+DAY_CACHE_ENTRIES: Final = 4096
 
 _DAY_PATTERN: Final = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _DAY_RE: Final = re.compile(_DAY_PATTERN, re.ASCII)
@@ -197,6 +201,9 @@ class UserViews:
     def __init__(self, users: UserQueries, clock: Clock) -> None:
         self._users = users
         self._clock = clock
+        # A day's JSON by (tenant, user, day, version): a day changes only when written
+        # (then its version changes), so a 30-day range re-reads just the days that moved.
+        self._days: OrderedDict[tuple[str, str, str, str], str] = OrderedDict()
 
     async def usage(self, request: web.Request) -> web.Response:
         user_id = request.match_info["userId"]
@@ -208,10 +215,29 @@ class UserViews:
     async def daily(self, request: web.Request) -> web.Response:
         user_id = request.match_info["userId"]
         first, last = day_range(request)
-        days = await self._users.daily(tenant_of(request), user_id, first, last)
-        if days is None:
+        tenant = tenant_of(request)
+        versions = await self._users.day_versions(tenant, user_id, first, last)
+        if versions is None:
             raise _user_not_found(user_id)
-        return web.json_response({"days": [day_to_wire(d, u) for d, u in days]})
+        cache = self._days
+        parts: dict[str, str] = {}
+        missing = []
+        for day, version in versions:
+            key = (tenant, user_id, day, version)
+            text = cache.get(key)
+            if text is None:
+                missing.append((day, key))
+            else:
+                cache.move_to_end(key)
+                parts[day] = text
+        if missing:
+            fetched = await self._users.days(tenant, user_id, [d for d, _ in missing])
+            for (day, key), usage in zip(missing, fetched, strict=True):
+                parts[day] = cache[key] = json.dumps(day_to_wire(day, usage))
+            while len(cache) > DAY_CACHE_ENTRIES:
+                cache.popitem(last=False)
+        body = '{"days": [' + ", ".join(parts[day] for day, _ in versions) + "]}"
+        return web.Response(text=body, content_type="application/json")
 
     async def monthly(self, request: web.Request) -> web.Response:
         user_id = request.match_info["userId"]

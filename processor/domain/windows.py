@@ -34,6 +34,7 @@ WINDOW_KINDS = ("hour", "day", "month", "all")
 # Window hash fields beyond a run's token and cost fields (see rollup.token_fields).
 F_TOOL_OK = "to"  # successful tool calls
 F_TOOL_FAIL = "tf"  # failed tool calls
+F_VERSION = "v"  # changes with every write of the window (readers' caches key on it)
 T_AGENT_TOKENS = "ag|"  # month only: per agent, the stored token types
 T_AGENT_COST = "agc|"
 T_AGENT_CALLS = "agn|"  # tokens entries (LLM calls) of the agent

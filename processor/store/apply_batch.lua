@@ -236,12 +236,18 @@ for _, item in ipairs(passed) do
   end
 end
 
+-- every window written gets a version no other write of it shares (this batch's token
+-- and the server's clock in microseconds, so not even after Redis lost writes), so
+-- readers may cache what they made of a window for as long as its version stands
+local clock = redis.call('TIME')
+local version = token .. ':' .. clock[1] .. '.' .. clock[2]
 for _, u in ipairs(users) do
   for _, w in ipairs(u[3]) do
     local key, expire_at, incr = w[1], w[2], w[3]
     for i = 1, #incr, 2 do
       redis.call('HINCRBY', key, fields[incr[i]], incr[i + 1])
     end
+    redis.call('HSET', key, 'v', version)
     if expire_at ~= 0 then redis.call('EXPIREAT', key, expire_at) end
   end
   local billing = u[4]

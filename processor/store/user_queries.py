@@ -11,7 +11,7 @@ from datetime import date, timedelta
 
 from redis.asyncio import Redis
 
-from processor.domain.windows import WindowUsage
+from processor.domain.windows import F_VERSION, WindowUsage
 from processor.store.keys import Keys
 
 #: Users of a billing period read per page (also the API's largest page).
@@ -54,18 +54,36 @@ class UserQueries:
     ) -> list[tuple[str, WindowUsage]] | None:
         """Days from ``first`` to ``last`` (inclusive) with usage, in order; None for an
         unknown user."""
+        versions = await self.day_versions(tenant, user_id, first, last)
+        if versions is None:
+            return None
+        days = [day for day, _ in versions]
+        return list(zip(days, await self.days(tenant, user_id, days), strict=True))
+
+    async def day_versions(
+        self, tenant: str, user_id: str, first: date, last: date
+    ) -> list[tuple[str, str]] | None:
+        """(day, version) of the days from ``first`` to ``last`` with usage; None for an
+        unknown user. A day's version changes with every write to it (apply_batch.lua),
+        so what a reader made of one version may be kept."""
         k = self._keys
         days = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.exists(k.user_all(tenant, user_id))
             for day in days:
-                pipe.hgetall(k.user_day(tenant, user_id, day))
-            known, *replies = await pipe.execute()
+                pipe.hget(k.user_day(tenant, user_id, day), F_VERSION)
+            known, *versions = await pipe.execute()
         if not known:
             return None
-        return [
-            (day, WindowUsage.from_fields(f)) for day, f in zip(days, replies, strict=True) if f
-        ]
+        return [(day, v) for day, v in zip(days, versions, strict=True) if v is not None]
+
+    async def days(self, tenant: str, user_id: str, days: list[str]) -> list[WindowUsage]:
+        k = self._keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.hgetall(k.user_day(tenant, user_id, day))
+            replies = await pipe.execute()
+        return [WindowUsage.from_fields(f) for f in replies]
 
     async def month(self, tenant: str, user_id: str, period: str) -> WindowUsage | None:
         """The month's figures (zeros for a known user without usage in it); None for an

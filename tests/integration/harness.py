@@ -67,6 +67,7 @@ def unique_settings(kafka_bootstrap: str, redis_url: str, **overrides: Any) -> S
         "topic_dlq": f"{u}.usage.entries.dlq",
         "topic_notifications": f"{u}.usage.notifications",
         "topic_invoices": f"{u}.usage.invoices",
+        "topic_outbox_progress": f"{u}.usage.outbox.progress",
         "topic_partitions": 4,
         "api_host": "127.0.0.1",
         "api_port": pick_port(),

@@ -1,0 +1,216 @@
+"""`usage-stream bench --reads`: latency of the user and billing reads, and of invoicing.
+
+1. One user with 1,000,000 accepted entries over 60 days and 40 models (written through
+   the real validate, price and apply path), then p50/p99 over HTTP of the all-time,
+   daily (30-day range), monthly and dashboard endpoints, one request at a time.
+2. A period with 10,000 users: the time of ``POST /v1/billing/{period}/invoices``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from processor.domain.accept import accept_entry
+from processor.domain.pricing import PriceCatalog, load_catalog
+from processor.domain.rollup import AcceptedEntry
+from processor.ingest import retention_of
+from processor.invoicing import previous_period
+from processor.local_worker import LocalWorker
+from processor.settings import Settings
+from processor.stack.connect import with_local_stack
+from processor.store.keys import Keys
+from processor.store.runs import RunStore
+from processor.topics import ensure_topics
+from schemas.entry import parse_entry
+
+HEAVY_ENTRIES = 1_000_000
+HEAVY_DAYS = 60
+HEAVY_MODELS = 40
+INVOICE_USERS = 10_000
+_REQUESTS = 200
+_DAY_MS = 86_400_000
+
+
+def _models(catalog: PriceCatalog, n: int) -> list[str]:
+    """``n`` priced model names of the built-in catalog (exact names, stable order)."""
+    names: list[str] = []
+    for model in catalog:
+        if model.periods and model.exact and model.provider in ("openai", "anthropic", "google"):
+            names.append(model.exact[0])
+        if len(names) == n:
+            return names
+    raise RuntimeError(f"the catalog has fewer than {n} priced models")
+
+
+def _entry(i: int, user: str, ts: int, model: str, rnd: random.Random) -> dict[str, Any]:
+    run = f"{user}-run-{i // 1000}"
+    common = {"id": f"{user}-{i}", "runId": run, "userId": user, "timestamp": ts}
+    common["agentName"] = ("researcher", "coder", "support-bot", "planner")[(i // 1000) % 4]
+    if i % 10 == 9:
+        return {**common, "kind": "tool", "toolName": "web_search", "durationMs": 120,
+                "success": i % 50 != 49}  # fmt: skip
+    tokens = {"prompt": rnd.randint(50, 4000), "completion": rnd.randint(10, 1500)}
+    return {**common, "kind": "tokens", "model": model, "tokens": tokens}
+
+
+async def _write(settings: Settings, entries: Any, total: int) -> None:
+    """Entries (dicts) through parse, price and the real batch step."""
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    store = RunStore(
+        redis,
+        Keys(settings.key_prefix),
+        dedup_ttl_s=settings.dedup_retention_seconds,
+        entry_ttl_s=settings.entry_retention_seconds,
+        retention=retention_of(settings),
+    )
+    catalog = load_catalog(settings.prices_file)
+    now = time.time_ns() // 1_000_000
+    batch: list[AcceptedEntry] = []
+    pending: asyncio.Task[Any] | None = None
+    try:
+        for entry in entries:
+            raw = json.dumps(entry, separators=(",", ":")).encode()
+            batch.append(accept_entry(parse_entry(raw, now_ms=now), raw, catalog))
+            if len(batch) == settings.batch_max_entries:
+                plan = store.plan(batch, now)
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(store.execute(plan))
+                batch = []
+        if pending is not None:
+            await pending
+        if batch:
+            await store.apply(batch)
+    finally:
+        await redis.aclose()
+
+
+def _heavy_user(settings: Settings, user: str) -> None:
+    catalog = load_catalog(settings.prices_file)
+    models = _models(catalog, HEAVY_MODELS)
+    now = time.time_ns() // 1_000_000
+    start = now - HEAVY_DAYS * _DAY_MS
+    step = HEAVY_DAYS * _DAY_MS / HEAVY_ENTRIES
+    rnd = random.Random(7)
+    entries = (
+        _entry(i, user, int(start + i * step), models[i % HEAVY_MODELS], rnd)
+        for i in range(HEAVY_ENTRIES)
+    )
+    asyncio.run(_write(settings, entries, HEAVY_ENTRIES))
+
+
+def _invoice_users(settings: Settings, period_start: datetime, prefix: str) -> None:
+    base = int(period_start.timestamp() * 1000) + _DAY_MS
+    rnd = random.Random(11)
+    entries = (
+        _entry(i, f"{prefix}-{i // 2:05d}", base + i, ("gpt-4o", "gpt-4o-mini")[i % 2], rnd)
+        for i in range(INVOICE_USERS * 2)
+    )
+    asyncio.run(_write(settings, entries, INVOICE_USERS * 2))
+
+
+async def _latencies(url: str, params: dict[str, str] | None) -> list[float]:
+    out: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(_REQUESTS + 10):  # the first 10 warm the connection up
+            t0 = time.perf_counter()
+            async with session.get(url, params=params) as resp:
+                body = await resp.read()
+            elapsed = time.perf_counter() - t0
+            if resp.status != 200:
+                raise RuntimeError(f"{url} answered {resp.status}: {body[:200]!r}")
+            if i >= 10:
+                out.append(elapsed)
+    return out
+
+
+async def _generate(url: str) -> tuple[float, int]:
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        t0 = time.perf_counter()
+        async with session.post(url) as resp:
+            body = await resp.json()
+        elapsed = time.perf_counter() - t0
+    if resp.status != 200:
+        raise RuntimeError(f"invoice generation answered {resp.status}: {str(body)[:200]}")
+    return elapsed, len(body["invoices"])
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def _cleanup(settings: Settings) -> None:
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        async for key in redis.scan_iter(match=Keys(settings.key_prefix).pattern_all(), count=1000):
+            await redis.unlink(key)
+    finally:
+        await redis.aclose()
+
+
+def run_read_bench(settings: Settings) -> int:
+    settings = with_local_stack(settings)
+    tag = f"benchr-{uuid.uuid4().hex[:8]}"
+    settings = settings.model_copy(
+        update={
+            "app_id": tag,
+            "key_prefix": tag,
+            "topic_entries": f"{tag}.usage.entries",
+            "topic_dlq": f"{tag}.usage.entries.dlq",
+            "topic_notifications": f"{tag}.usage.notifications",
+            "topic_invoices": f"{tag}.usage.invoices",
+            "topic_outbox_progress": f"{tag}.usage.outbox.progress",
+        }
+    )
+    asyncio.run(ensure_topics(settings))
+    user = "heavy-user"
+    t0 = time.perf_counter()
+    _heavy_user(settings, user)
+    print(
+        f"wrote {HEAVY_ENTRIES:,} entries of one user over {HEAVY_DAYS} days and "
+        f"{HEAVY_MODELS} models in {time.perf_counter() - t0:.0f} s"
+    )
+    today = datetime.now(UTC)
+    period = previous_period(today)
+    year, month = map(int, period.split("-"))
+    _invoice_users(settings, datetime(year, month, 1, tzinfo=UTC), "inv-user")
+    print(f"wrote {INVOICE_USERS * 2:,} entries of {INVOICE_USERS:,} users in {period}")
+
+    worker = LocalWorker(settings, Path(settings.stack_dir) / "bench-reads-worker.log")
+    result: dict[str, Any] = {}
+    try:
+        worker.start()
+        worker.wait_ready()
+        base = f"{worker.url}/v1/users/{user}"
+        first = (today - timedelta(days=29)).date().isoformat()
+        reads = {
+            "allTime": (f"{base}/usage", None),
+            "daily30": (f"{base}/usage/daily", {"from": first, "to": today.date().isoformat()}),
+            "monthly": (f"{base}/usage/monthly/{today:%Y-%m}", None),
+            "dashboard": (f"{base}/dashboard", None),
+        }
+        for name, (url, params) in reads.items():
+            lat = asyncio.run(_latencies(url, params))
+            p50, p99 = _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000
+            print(f"{name:<10} {_REQUESTS} requests over HTTP: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+            result[f"{name}P50Ms"], result[f"{name}P99Ms"] = round(p50, 2), round(p99, 2)
+        took, count = asyncio.run(_generate(f"{worker.url}/v1/billing/{period}/invoices"))
+        print(f"generated {count:,} invoices of {period} in {took:.1f} s")
+        result.update(invoices=count, invoiceGenerationSeconds=round(took, 1))
+        print("result " + json.dumps(result))
+    finally:
+        worker.stop()
+        asyncio.run(_cleanup(settings))
+    return 0
