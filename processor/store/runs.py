@@ -437,7 +437,7 @@ class RunStore:
             d.user_id,
             t,
             agent or "",
-            [x for f, v in d.incr.items() for x in (_intern(fields, f), _lua_int(v))],
+            _flat_incr(d.incr, fields),
             d.min_ts,
             d.max_ts,
             sorted(d.children),
@@ -481,13 +481,24 @@ def _split_by_size(members: list[AcceptedEntry], delta: RunDelta) -> list[Group]
     return parts
 
 
+def _flat_incr(incr: dict[str, int], fields: dict[str, int]) -> list[int | str]:
+    """[field index, increment, ...] with the names interned (inline: the hot path)."""
+    flat: list[int | str] = []
+    for f, v in incr.items():
+        index = fields.get(f)
+        if index is None:
+            index = fields[f] = len(fields) + 1
+        flat.append(index)
+        flat.append(v if -_EXACT < v < _EXACT else str(v))
+    return flat
+
+
+# Lua numbers are doubles: integers beyond 2^53 travel as strings.
+_EXACT = 2**53
+
+
 def _intern(fields: dict[str, int], name: str) -> int:
     index = fields.get(name)
     if index is None:
         index = fields[name] = len(fields) + 1
     return index
-
-
-def _lua_int(v: int) -> int | str:
-    """Lua numbers are doubles: integers beyond 2^53 travel as strings."""
-    return v if -(2**53) < v < 2**53 else str(v)

@@ -8,18 +8,25 @@ decimal strings; durations and custom values as exact decimals.
 
 The async helpers at the bottom drive a real worker: wait until its consumer group has
 committed everything, read its metrics, and compare every run's rollup and entries.
+
+``UserWindowsTruth`` models users' hour, day, month and all-time windows, billing periods
+and invoices (§3.2, §3.3, §3.5) the same way: UTC labels come from ``datetime``, not from
+``processor.domain.windows``; only the read side's ``WindowUsage.from_fields`` is used, to
+read hourly windows straight from Redis (no HTTP route serves hours).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Context, Decimal
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.domain.pricing import PriceCatalog
+from processor.domain.windows import WindowUsage
 from processor.settings import Settings
 from processor.simulate import Fleet, encode
 from processor.store.keys import Keys
@@ -477,3 +485,534 @@ async def check_all_runs(
     await asyncio.gather(*(one(r) for r in ids))
     missing = await http.get("/v1/runs/no-such-run-ever/rollup")
     assert missing.status_code == 404, missing.text
+
+
+# --- users' windows, billing periods and invoices (CONTRACT §3.2, §3.3, §3.5) ---------------
+#
+# Written from the contract with ``datetime`` only (no processor.domain.windows): an entry
+# belongs to the UTC hour, day and month of its ``timestamp`` and to its user's all time.
+# Tenants are modelled (the entry's ``tenantId``, default ``"default"``); ids are unique
+# per tenant.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+WINDOW_KINDS = ("hour", "day", "month", "all")
+UNKNOWN_AGENT = "unknown"
+
+
+def utc_labels(ts: int) -> tuple[str, str, str]:
+    """(``YYYY-MM-DDTHH``, ``YYYY-MM-DD``, ``YYYY-MM``) of an epoch-ms timestamp, exactly
+    (integer milliseconds, no float seconds)."""
+    t = _EPOCH + timedelta(milliseconds=ts)
+    return t.strftime("%Y-%m-%dT%H"), t.strftime("%Y-%m-%d"), t.strftime("%Y-%m")
+
+
+def utc_ms(text: str) -> int:
+    """``2024-02-29T23:59:59.999Z`` -> epoch ms (exact)."""
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    assert t.tzinfo is not None, text
+    delta = t - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+@dataclass
+class AgentTruth:
+    tokens: dict[str, int] = field(default_factory=_zero_counts)
+    cost: Decimal = Decimal(0)
+    calls: int = 0
+
+
+@dataclass
+class WindowTruth:
+    """One window of one user: what §3.2 reports for it."""
+
+    entry_count: int = 0
+    tokens_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    cost_by_model: dict[str, Decimal] = field(default_factory=dict)
+    agents: dict[str, AgentTruth] = field(default_factory=dict)
+    runs: set[str] = field(default_factory=set)
+
+    def add(
+        self, entry: Mapping[str, Any], cost: Decimal | None, counts: dict[str, int] | None
+    ) -> None:
+        self.entry_count += 1
+        self.runs.add(entry["runId"])
+        if entry["kind"] != "tokens":
+            return
+        assert cost is not None and counts is not None
+        model = entry["model"]
+        _add_counts(self.tokens_by_model.setdefault(model, _zero_counts()), counts)
+        self.cost_by_model[model] = self.cost_by_model.get(model, Decimal(0)) + cost
+        agent = self.agents.setdefault(entry.get("agentName") or UNKNOWN_AGENT, AgentTruth())
+        _add_counts(agent.tokens, counts)
+        agent.cost += cost
+        agent.calls += 1
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        total = _zero_counts()
+        for counts in self.tokens_by_model.values():
+            _add_counts(total, counts)
+        return total
+
+    @property
+    def cost(self) -> Decimal:
+        return sum(self.cost_by_model.values(), Decimal(0))
+
+    def by_model(self) -> dict[str, Any]:
+        return {
+            m: {"tokens": dict(c), "costUsd": usd(self.cost_by_model[m])}
+            for m, c in sorted(self.tokens_by_model.items())
+        }
+
+    def by_agent(self) -> list[dict[str, Any]]:
+        """Sorted by cost, descending (ties by agent; compare ties as a set, see
+        ``same_by_agent``)."""
+        rows = sorted(self.agents.items(), key=lambda kv: (-kv[1].cost, kv[0]))
+        return [
+            {"agent": a, "tokens": dict(t.tokens), "costUsd": usd(t.cost), "calls": t.calls}
+            for a, t in rows
+        ]
+
+    def snapshot(self) -> WindowTruth:
+        return copy.deepcopy(self)
+
+
+@dataclass
+class AdjustmentTruth:
+    tenant: str
+    user: str
+    period: str
+    entry_id: str
+    amount: Decimal
+
+
+@dataclass
+class InvoiceTruth:
+    tenant: str
+    user: str
+    period: str
+    amount: Decimal
+    #: model -> (tokens.total, cost) of the month as generated
+    lines: dict[str, tuple[int, Decimal]]
+    adjustments: list[AdjustmentTruth] = field(default_factory=list)
+
+    @property
+    def adjustment(self) -> Decimal:
+        return sum((a.amount for a in self.adjustments), Decimal(0))
+
+    def wire(self) -> dict[str, Any]:
+        """The invoice object without ``invoiceId``, ``status``, ``generatedAt``; ``lines``
+        by model (the contract does not order them)."""
+        return {
+            "tenantId": self.tenant,
+            "userId": self.user,
+            "period": self.period,
+            "amountUsd": usd(self.amount),
+            "lines": [
+                {"model": m, "tokens": t, "amountUsd": usd(c)}
+                for m, (t, c) in sorted(self.lines.items())
+            ],
+            "adjustmentUsd": usd(self.adjustment),
+        }
+
+
+class UserWindowsTruth:
+    """Expected §3.2/§3.3/§3.5 answers of a stream of entry dicts (any order, any tenants).
+
+    ``generate(tenant, period)`` records the invoices the service must create at that point
+    of the stream (amount = the month as it is then); entries added afterwards for an
+    invoiced month count in the month and, if they are priced tokens entries, become
+    adjustments of its invoice.
+    """
+
+    def __init__(self, catalog: PriceCatalog) -> None:
+        self._catalog = catalog
+        self.ids: set[tuple[str, str]] = set()
+        self.duplicates = 0
+        self.accepted_by_kind: Counter[str] = Counter()
+        #: (tenant, user) -> kind -> label ("" for all time) -> window
+        self.windows: dict[tuple[str, str], dict[str, dict[str, WindowTruth]]] = {}
+        self.invoices: dict[tuple[str, str, str], InvoiceTruth] = {}
+        self.adjustments: list[AdjustmentTruth] = []
+        self.costs: dict[tuple[str, str], Decimal] = {}  # (tenant, entry id) -> cost
+
+    def add_all(self, entries: Iterable[Entry]) -> None:
+        for e in entries:
+            self.add(e)
+
+    def add(self, entry: Entry) -> bool:
+        tenant = entry.get("tenantId", "default")
+        key = (tenant, entry["id"])
+        if key in self.ids:
+            self.duplicates += 1
+            return False
+        self.ids.add(key)
+        self.accepted_by_kind[entry["kind"]] += 1
+        user = entry["userId"]
+        cost = counts = None
+        if entry["kind"] == "tokens":
+            cost = entry_cost(entry, self._catalog)
+            counts = entry_tokens(entry)
+            self.costs[key] = cost
+        hour, day, month = utc_labels(entry["timestamp"])
+        wins = self.windows.setdefault((tenant, user), {k: {} for k in WINDOW_KINDS})
+        for kind, label in (("hour", hour), ("day", day), ("month", month), ("all", "")):
+            wins[kind].setdefault(label, WindowTruth()).add(entry, cost, counts)
+        invoice = self.invoices.get((tenant, user, month))
+        if invoice is not None and cost is not None and cost > 0:
+            adj = AdjustmentTruth(tenant, user, month, entry["id"], cost)
+            invoice.adjustments.append(adj)
+            self.adjustments.append(adj)
+        return True
+
+    @property
+    def accepted(self) -> int:
+        return len(self.ids)
+
+    # --- what exists ---------------------------------------------------------------------
+
+    def tenants(self) -> list[str]:
+        return sorted({t for t, _ in self.windows})
+
+    def users(self, tenant: str) -> list[str]:
+        return sorted(u for t, u in self.windows if t == tenant)
+
+    def periods(self, tenant: str | None = None) -> list[str]:
+        return sorted(
+            {p for (t, _), w in self.windows.items() if tenant in (None, t) for p in w["month"]}
+        )
+
+    def window(self, tenant: str, user: str, kind: str, label: str = "") -> WindowTruth | None:
+        wins = self.windows.get((tenant, user))
+        return None if wins is None else wins[kind].get(label)
+
+    def hours(self, tenant: str, user: str) -> dict[str, WindowTruth]:
+        return dict(self.windows[(tenant, user)]["hour"])
+
+    def days(self, tenant: str, user: str) -> list[str]:
+        return sorted(self.windows[(tenant, user)]["day"])
+
+    # --- the API's answers -----------------------------------------------------------------
+
+    def all_time(self, tenant: str, user: str) -> dict[str, Any]:
+        w = self.windows[(tenant, user)]["all"][""]
+        return {
+            "userId": user,
+            "tokens": w.tokens,
+            "costUsd": usd(w.cost),
+            "entryCount": w.entry_count,
+            "runCount": len(w.runs),
+        }
+
+    def daily(self, tenant: str, user: str, first: date, last: date) -> list[dict[str, Any]]:
+        out = []
+        for label, w in sorted(self.windows[(tenant, user)]["day"].items()):
+            if first.isoformat() <= label <= last.isoformat():
+                out.append(
+                    {
+                        "date": label,
+                        "tokens": w.tokens,
+                        "costUsd": usd(w.cost),
+                        "entryCount": w.entry_count,
+                        "byModel": w.by_model(),
+                    }
+                )
+        return out
+
+    def monthly(self, tenant: str, user: str, period: str) -> dict[str, Any]:
+        w = self.windows[(tenant, user)]["month"].get(period) or WindowTruth()
+        return {
+            "period": period,
+            "tokens": w.tokens,
+            "costUsd": usd(w.cost),
+            "entryCount": w.entry_count,
+            "byModel": w.by_model(),
+            "byAgent": w.by_agent(),
+        }
+
+    def dashboard(self, tenant: str, user: str, now_ms: int) -> dict[str, Any]:
+        _, day, period = utc_labels(now_ms)
+        month = self.windows[(tenant, user)]["month"].get(period) or WindowTruth()
+        all_time = self.windows[(tenant, user)]["all"][""]
+        average = (month.cost / Decimal(int(day[8:]))).quantize(
+            _PICO, rounding=ROUND_HALF_EVEN, context=_CTX
+        )
+        return {
+            "monthly": {"totalTokens": month.tokens["total"], "costUsd": usd(month.cost)},
+            "allTime": {"totalTokens": all_time.tokens["total"], "costUsd": usd(all_time.cost)},
+            "averageDailyCostUsd": usd(average),
+        }
+
+    def billing(self, tenant: str, period: str) -> list[dict[str, Any]]:
+        """Users with usage in the period, ordered by user id (code points = UTF-8 bytes)."""
+        out = []
+        for user in self.users(tenant):
+            w = self.windows[(tenant, user)]["month"].get(period)
+            if w is not None:
+                out.append(
+                    {
+                        "userId": user,
+                        "totalTokens": w.tokens["total"],
+                        "costUsd": usd(w.cost),
+                        "entryCount": w.entry_count,
+                    }
+                )
+        return out
+
+    # --- invoices ----------------------------------------------------------------------------
+
+    def generate(self, tenant: str, period: str) -> list[str]:
+        """Invoice every user of the tenant with usage in the period and no invoice yet;
+        returns the users invoiced now."""
+        created = []
+        for user in self.users(tenant):
+            w = self.windows[(tenant, user)]["month"].get(period)
+            if w is None or (tenant, user, period) in self.invoices:
+                continue
+            lines = {m: (c["total"], w.cost_by_model[m]) for m, c in w.tokens_by_model.items()}
+            self.invoices[(tenant, user, period)] = InvoiceTruth(
+                tenant, user, period, w.cost, lines
+            )
+            created.append(user)
+        return created
+
+    def period_invoices(self, tenant: str, period: str) -> list[InvoiceTruth]:
+        return [
+            inv for (t, _, p), inv in sorted(self.invoices.items()) if t == tenant and p == period
+        ]
+
+
+# --- comparing users' windows with a worker ----------------------------------------------
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def same_by_agent(got: Any, want: list[dict[str, Any]]) -> bool:
+    """``byAgent`` equals ``want`` as a set of rows and is sorted by cost, descending."""
+    if not isinstance(got, list) or len(got) != len(want):
+        return False
+    costs = [Decimal(row.get("costUsd", "NaN")) for row in got]
+    if any(a < b for a, b in itertools.pairwise(costs)):
+        return False
+    return sorted(got, key=lambda r: str(r.get("agent"))) == sorted(want, key=lambda r: r["agent"])
+
+
+async def _get_json(
+    http: httpx.AsyncClient, path: str, headers: Mapping[str, str] | None, **params: Any
+) -> Any:
+    response = await http.get(path, params=params or None, headers=headers)
+    assert response.status_code == 200, (
+        f"GET {path} {params}: {response.status_code} {response.text}"
+    )
+    return response.json()
+
+
+def _diff(what: str, got: Any, want: Any) -> str:
+    if isinstance(got, dict) and isinstance(want, dict):
+        fields = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        extra = sorted(set(got) - set(want))
+        return f"{what} differs (field: (got, want)): {fields}; unexpected fields: {extra}"
+    return f"{what} differs:\n got: {got}\nwant: {want}"
+
+
+async def check_user(
+    http: httpx.AsyncClient,
+    truth: UserWindowsTruth,
+    tenant: str,
+    user: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    max_days: int = 400,
+) -> None:
+    """All-time, every day (the whole range, in requests of ``max_days``) and every month of
+    one user, from the API, equal to the model."""
+    base = f"/v1/users/{_q(user)}/usage"
+    got = await _get_json(http, base, headers)
+    want = truth.all_time(tenant, user)
+    assert got == want, _diff(f"all-time usage of {tenant}/{user}", got, want)
+
+    days = truth.days(tenant, user)
+    first = date.fromisoformat(days[0]) - timedelta(days=3)
+    last = date.fromisoformat(days[-1]) + timedelta(days=3)
+    served: list[Any] = []
+    start = first
+    while start <= last:
+        end = min(last, start + timedelta(days=max_days - 1))
+        page = await _get_json(
+            http, base + "/daily", headers, **{"from": start.isoformat(), "to": end.isoformat()}
+        )
+        assert set(page) == {"days"}, page.keys()
+        served.extend(page["days"])
+        start = end + timedelta(days=1)
+    want_days = truth.daily(tenant, user, first, last)
+    if served != want_days:
+        assert [d.get("date") for d in served] == [d["date"] for d in want_days], (
+            f"days with usage of {tenant}/{user}"
+        )
+        for g, w in zip(served, want_days, strict=True):
+            assert g == w, _diff(f"day {w['date']} of {tenant}/{user}", g, w)
+    # one day alone, and a range of a single day, answer the same figures
+    one = want_days[len(want_days) // 2]
+    page = await _get_json(
+        http, base + "/daily", headers, **{"from": one["date"], "to": one["date"]}
+    )
+    assert page == {"days": [one]}, _diff(f"day {one['date']} alone", page, {"days": [one]})
+
+    for period in [*truth.periods(tenant), "2021-01"]:
+        got = await _get_json(http, f"{base}/monthly/{period}", headers)
+        want = truth.monthly(tenant, user, period)
+        by_agent_ok = same_by_agent(got.get("byAgent"), want["byAgent"])
+        got_rest = {k: v for k, v in got.items() if k != "byAgent"}
+        want_rest = {k: v for k, v in want.items() if k != "byAgent"}
+        assert got_rest == want_rest and by_agent_ok and set(got) == set(want), _diff(
+            f"month {period} of {tenant}/{user}", got, want
+        )
+
+
+async def check_user_hours(
+    redis: aioredis.Redis, keys: Keys, truth: UserWindowsTruth, tenant: str, user: str
+) -> None:
+    """Every hourly window of the user, read from Redis (no HTTP route serves hours): the
+    same set of hours as the model, each with the model's figures."""
+    want = truth.hours(tenant, user)
+    pattern = _glob_escape(keys.user_hour(tenant, user, "")) + "*"
+    found = sorted([k async for k in redis.scan_iter(match=pattern, count=1000)])
+    prefix = keys.user_hour(tenant, user, "")
+    labels = sorted(_text_key(k)[len(prefix) :] for k in found)
+    assert labels == sorted(want), f"hours of {tenant}/{user}: got {labels}, want {sorted(want)}"
+    async with redis.pipeline(transaction=False) as pipe:
+        for label in labels:
+            pipe.hgetall(keys.user_hour(tenant, user, label))
+        replies = await pipe.execute()
+    for label, raw in zip(labels, replies, strict=True):
+        fields = {_text_key(k): _text_key(v) for k, v in raw.items()}
+        usage = WindowUsage.from_fields(fields)
+        w = want[label]
+        got = {
+            "entryCount": usage.entry_count,
+            "tokens": usage.tokens.to_wire(),
+            "costUsd": usd(Decimal(usage.cost_pico).scaleb(-12)),
+            "byModel": {
+                m: {
+                    "tokens": c.to_wire(),
+                    "costUsd": usd(Decimal(usage.cost_by_model[m]).scaleb(-12)),
+                }
+                for m, c in sorted(usage.tokens_by_model.items())
+            },
+        }
+        expected = {
+            "entryCount": w.entry_count,
+            "tokens": w.tokens,
+            "costUsd": usd(w.cost),
+            "byModel": w.by_model(),
+        }
+        assert got == expected, _diff(f"hour {label} of {tenant}/{user}", got, expected)
+
+
+def _text_key(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+async def check_billing(
+    http: httpx.AsyncClient,
+    truth: UserWindowsTruth,
+    tenant: str,
+    period: str,
+    *,
+    limit: int,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """The period's billing list paged with ``limit`` (nextCursor null on the last page
+    only) and in one page with the default limit: both equal to the model."""
+    want = truth.billing(tenant, period)
+    path = f"/v1/billing/{period}/users"
+    pages: list[list[Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = await _get_json(http, path, headers, **params)
+        assert set(page) == {"users", "nextCursor"}, page
+        assert len(page["users"]) <= limit, page
+        pages.append(page["users"])
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+        assert len(pages) <= len(want) + 1, f"{period}: paging does not end"
+    rows = [row for p in pages for row in p]
+    assert rows == want, _diff(f"billing list of {tenant} {period} (limit {limit})", rows, want)
+    assert len(pages) == max(1, -(-len(want) // limit)), [len(p) for p in pages]
+    whole = await _get_json(http, path, headers)
+    assert whole == {"users": want, "nextCursor": None}, _diff(
+        f"billing list of {tenant} {period}", whole, {"users": want, "nextCursor": None}
+    )
+
+
+def invoice_matches(got: Mapping[str, Any], want: InvoiceTruth) -> str | None:
+    """None when the served invoice equals the model (lines compared by model; their
+    amounts must also sum to ``amountUsd`` exactly); else what differs."""
+    shape = {
+        "invoiceId",
+        "tenantId",
+        "userId",
+        "period",
+        "amountUsd",
+        "lines",
+        "adjustmentUsd",
+        "status",
+        "generatedAt",
+    }
+    problems = []
+    if set(got) != shape:
+        problems.append(f"fields {sorted(got)}")
+    lines = got.get("lines")
+    if isinstance(lines, list):
+        total = sum((Decimal(line["amountUsd"]) for line in lines), Decimal(0))
+        if "amountUsd" in got and total != Decimal(got["amountUsd"]):
+            problems.append(f"lines sum to {total}, amountUsd {got['amountUsd']}")
+        lines = sorted(lines, key=lambda line: str(line.get("model")))
+    comparable = {k: got.get(k) for k in want.wire()} | {"lines": lines}
+    if comparable != want.wire():
+        problems.append(_diff("invoice", comparable, want.wire()))
+    if not isinstance(got.get("invoiceId"), str) or not got.get("invoiceId"):
+        problems.append(f"invoiceId {got.get('invoiceId')!r}")
+    if got.get("status") not in ("pending", "paid", "failed"):
+        problems.append(f"status {got.get('status')!r}")
+    if not isinstance(got.get("generatedAt"), int):
+        problems.append(f"generatedAt {got.get('generatedAt')!r}")
+    return "; ".join(problems) or None
+
+
+async def check_invoices(
+    http: httpx.AsyncClient,
+    truth: UserWindowsTruth,
+    tenant: str,
+    period: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The period's invoice list and each invoice by id equal the model; user -> invoice."""
+    want = {inv.user: inv for inv in truth.period_invoices(tenant, period)}
+    listed = (await _get_json(http, f"/v1/billing/{period}/invoices", headers))["invoices"]
+    by_user: dict[str, dict[str, Any]] = {}
+    for inv in listed:
+        assert inv.get("userId") not in by_user, f"two invoices of {inv.get('userId')} {period}"
+        by_user[inv.get("userId")] = inv
+    assert sorted(by_user) == sorted(want), (
+        f"invoiced users of {tenant} {period}: got {sorted(by_user)}, want {sorted(want)}"
+    )
+    ids = [inv["invoiceId"] for inv in listed]
+    assert len(set(ids)) == len(ids), ids
+    for user, inv in by_user.items():
+        problem = invoice_matches(inv, want[user])
+        assert problem is None, f"invoice of {tenant}/{user} {period}: {problem}"
+        one = await _get_json(http, f"/v1/invoices/{_q(inv['invoiceId'])}", headers)
+        assert one == inv, _diff(f"GET /v1/invoices/{inv['invoiceId']}", one, inv)
+    return by_user
