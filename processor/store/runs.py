@@ -108,7 +108,7 @@ class _Call:
     payload: bytes
     blob: bytes
     #: (tenant, user, month) of every month the call's users touch, in payload order
-    months: list[tuple[str, str, str]]
+    months: list[list[tuple[str, str, str]]]
 
 
 @dataclass(slots=True)
@@ -308,8 +308,8 @@ class RunStore:
                     retry.append((rest, fold_run(rest)))
 
     def _note_invoiced(self, call: _Call, verdicts: list[Any]) -> None:
-        for _, month_index, found in verdicts:
-            month = call.months[int(month_index)]
+        for user_index, month_index, found in verdicts:
+            month = call.months[int(user_index)][int(month_index)]
             if found:
                 self._invoiced.add(month)
             else:

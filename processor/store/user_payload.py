@@ -32,10 +32,10 @@ def user_payloads(
     invoiced: Invoiced,
     tenants: dict[str, int],
     fields: dict[str, int],
-) -> tuple[list[Any], list[tuple[str, str, str]]]:
+) -> tuple[list[Any], list[list[tuple[str, str, str]]]]:
     """The ``users`` part of a call (``tenants`` and ``fields`` are the call's interned
-    names, extended as needed), and the (tenant, user, month) of each entry of each
-    user's ``months`` list in the same order (to read the script's verdict back).
+    names, extended as needed), and per user, the (tenant, user, month) of each entry of
+    its ``months`` list, in the same order (to read the script's verdict back).
 
     Positional per user: [tenant index, all-time key, windows (all time first): [key,
     expire at (epoch s, 0: never), [field index, increment, ...]], billing: [users key,
@@ -50,13 +50,14 @@ def user_payloads(
         for user in {u for u, _ in delta.slots}:
             groups_of.setdefault((delta.tenant_id, user), []).append(gi + 1)
     payload: list[Any] = []
-    months_read: list[tuple[str, str, str]] = []
+    months_read: list[list[tuple[str, str, str]]] = []
     for tenant, parts in by_tenant.items():
         for ud in user_deltas(merge_slots(parts), now_ms, keep):
             user = ud.user_id
             windows: list[Any] = []
             billing: list[str] = []
             months: list[Any] = []
+            read: list[tuple[str, str, str]] = []
             for w in sorted(ud.windows, key=lambda w: w.kind != "all"):
                 if w.kind == "all":
                     key = keys.user_all(tenant, user)
@@ -79,7 +80,7 @@ def user_payloads(
                             else [],
                         ]
                     )
-                    months_read.append((tenant, user, w.label))
+                    read.append((tenant, user, w.label))
                 elif w.kind == "day":
                     key = keys.user_day(tenant, user, w.label)
                 else:
@@ -93,6 +94,7 @@ def user_payloads(
                     flat.append(index)
                     flat.append(v if -_EXACT < v < _EXACT else str(v))
                 windows.append([key, expire, flat])
+            months_read.append(read)
             payload.append(
                 [
                     tenants.setdefault(tenant, len(tenants) + 1),

@@ -710,3 +710,27 @@ async def test_a_late_entry_whose_reply_is_lost_is_adjusted_once(
     mar = await users.month("default", "alice", "2024-03")
     assert feb is not None and mar is not None
     assert (feb.cost_pico, mar.cost_pico) == (alice.amount_pico + 40, 2)
+
+
+async def test_late_entries_of_several_invoiced_users_in_one_batch_are_adjusted_each(
+    redis: Redis, runs: RunStore, keys: Keys, invoices: InvoiceStore, prefix: str
+) -> None:
+    """The script's verdict names each invoiced month by user and month: with several
+    users (and months) in one call, each one is matched to its own invoice."""
+    await runs.apply(february())
+    alice, bob = (await invoices.generate("default", "2024-02", now_ms=NOW)).invoices
+    fresh = make_store(redis, prefix)  # knows of no invoice
+    await fresh.apply(
+        [
+            tokens("rc", JAN_LAST - 1, "gpt-4o", 1, 0, 11, id="c-late", user="carol"),
+            tokens("ra", FEB_FIRST + 1, "gpt-4o", 1, 0, 100, id="a-late", user="alice"),
+            tokens("ra", at(2024, 3, 1), "gpt-4o", 1, 0, 5, id="a-march", user="alice"),
+            tokens("rb", FEB_FIRST + 2, "claude", 1, 0, 200, id="b-late", user="bob"),
+        ]
+    )
+    got_alice = await invoices.get("default", alice.invoice_id)
+    got_bob = await invoices.get("default", bob.invoice_id)
+    assert got_alice is not None and got_alice.adjustment_pico == 100
+    assert got_bob is not None and got_bob.adjustment_pico == 200
+    adjusted = sorted(json.loads(m["v"])["entryId"] for m in (await outbox(redis, keys))[2:])
+    assert adjusted == ["a-late", "b-late"]
