@@ -62,7 +62,8 @@ async def generate_period(
     metrics: UsageMetrics | None = None,
     now_ms: int | None = None,
 ) -> PeriodRun:
-    """Invoices of ``period`` for every tenant with usage in it; marks the period done."""
+    """Invoices of ``period`` for every tenant with usage in it; marks the period done
+    when there was any."""
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     tenants = await store.tenants_of(period)
     invoices = created = 0
@@ -72,7 +73,9 @@ async def generate_period(
         created += got.created
     if metrics is not None and created:
         metrics.invoices_generated.inc(created)
-    await redis.set(keys.invoices_done(period), str(now))
+    if tenants:
+        # with no usage found (yet: a fresh Redis still replaying), the next start tries again
+        await redis.set(keys.invoices_done(period), str(now))
     log.info(
         "invoices of %s: %d tenant(s), %d invoice(s), %d new", period, len(tenants), invoices,
         created,
