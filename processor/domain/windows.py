@@ -59,7 +59,7 @@ class HourInfo:
 def hour_info(hour_index: int) -> HourInfo:
     """The windows of the UTC hour ``hour_index`` (= timestamp // HOUR_MS).
 
-    >>> info = hour_info(1_709_164_799_999 // HOUR_MS)  # 2024-02-29T23:59:59.999Z
+    >>> info = hour_info(1_709_251_199_999 // HOUR_MS)  # 2024-02-29T23:59:59.999Z
     >>> info.hour, info.day, info.month
     ('2024-02-29T23', '2024-02-29', '2024-02')
     >>> info.month_end_ms  # 2024-03-01T00:00:00Z
