@@ -332,13 +332,19 @@ class OutboxRelay(Service):  # type: ignore[misc]
         slot, ids = self._recent.next_record([e.message_id for e in fresh])
         progress = encode_progress(last_sid, ids)
         await producer.begin_transaction()
+        sent: list[asyncio.Future[Any]] = []
         try:
-            sent = [await producer.send(self._topic, value=e.value, key=e.key) for e in fresh]
+            for e in fresh:
+                sent.append(await producer.send(self._topic, value=e.value, key=e.key))
             key = progress_key(self._outbox, slot)
             topic = self._settings.topic_outbox_progress
             sent.append(await producer.send(topic, value=progress, key=key, partition=0))
             await producer.commit_transaction()
         except BaseException:
+            # the sends of a failed transaction fail with it: collect their errors so they
+            # are not reported as never retrieved
+            for future in sent:
+                future.add_done_callback(_consume_exception)
             # end it now rather than at its timeout: an open transaction holds back every
             # read_committed reader of these partitions, other relays' recovery included
             await _quietly(producer.abort_transaction(), "abort", timeout=5.0)
@@ -428,3 +434,8 @@ async def drain(
                 raise TimeoutError(f"outbox {outbox} not drained within {timeout_s}s")
     finally:
         await relay.close_producer()
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
