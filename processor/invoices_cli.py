@@ -28,10 +28,7 @@ async def _generate(settings: Settings, period: str, publish_timeout_s: float) -
     keys = Keys(settings.key_prefix)
     try:
         run = await generate_period(redis, keys, InvoiceStore(redis, keys), period)
-        print(
-            f"{period}: {run.invoices} invoice(s) for {run.tenants} tenant(s), "
-            f"{run.created} new"
-        )
+        print(f"{period}: {run.invoices} invoice(s) for {run.tenants} tenant(s), {run.created} new")
         published = await drain(
             settings, redis, INVOICES_OUTBOX, settings.topic_invoices, publish_timeout_s
         )

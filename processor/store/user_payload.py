@@ -139,5 +139,3 @@ def _adjustments(
                 }
                 out.append([adj, str(e.cost_pico), json.dumps(message), user])
     return out
-
-
