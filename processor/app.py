@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,18 +26,20 @@ from redis.asyncio import Redis
 
 from processor.api.context import ApiContext, Readiness
 from processor.consumer import IngestConsumer
+from processor.domain.alert_rules import load_rules
 from processor.domain.pricing import load_catalog
 from processor.health import DependencyMonitor
 from processor.ingest import IngestPipeline, retention_of
 from processor.invoicing import SCHEDULE, catch_up, generate_period, previous_period
 from processor.metrics import UsageMetrics
+from processor.outbox import Entry as OutboxEntry
 from processor.outbox import OutboxRelay
 from processor.publisher import Publisher
 from processor.settings import Settings
 from processor.store.invoices import InvoiceStore
 from processor.store.keys import Keys
 from processor.store.run_queries import RunQueries
-from processor.store.runs import INVOICES_OUTBOX, RunStore
+from processor.store.runs import ALERTS_OUTBOX, INVOICES_OUTBOX, RunStore
 from processor.store.user_queries import UserQueries
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,8 @@ def create_app(settings: Settings) -> UsageApp:
         dedup_ttl_s=settings.dedup_retention_seconds,
         entry_ttl_s=settings.entry_retention_seconds,
         retention=retention_of(settings),
+        rules=load_rules(settings.alert_rules_file),
+        alert_retention_s=settings.alert_retention_seconds,
     )
     catalog = load_catalog(settings.prices_file)
 
@@ -123,7 +129,18 @@ def create_app(settings: Settings) -> UsageApp:
     relay = OutboxRelay(
         settings, redis, INVOICES_OUTBOX, settings.topic_invoices, active=lambda: app.is_leader()
     )
-    app.extra_services = [monitor, publisher, ingest, relay]
+    alerts_relay = OutboxRelay(
+        settings,
+        redis,
+        ALERTS_OUTBOX,
+        settings.topic_notifications,
+        active=lambda: app.is_leader(),
+        on_published=lambda sent: metrics.alerts_published(
+            map(_alert_labels, sent), time.time_ns() // 1_000_000
+        ),
+    )
+    metrics.alerts_pending.set_function(alerts_relay.pending)
+    app.extra_services = [monitor, publisher, ingest, relay, alerts_relay]
 
     async def readiness() -> Readiness:
         details = [f"{name} unreachable" for name in ("kafka", "redis") if not monitor.up(name)]
@@ -164,6 +181,11 @@ def create_app(settings: Settings) -> UsageApp:
     )
     _schedule_invoices(app, redis, Keys(settings.key_prefix), invoices, metrics, settings)
     return app
+
+
+def _alert_labels(entry: OutboxEntry) -> tuple[str, str, int]:
+    alert = json.loads(entry.value)
+    return str(alert["rule"]), str(alert["level"]), int(alert["triggeredAt"])
 
 
 def _schedule_invoices(

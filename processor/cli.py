@@ -58,6 +58,13 @@ def _tune_gc() -> None:
 
 
 def cmd_worker(settings: Settings) -> int:
+    from processor.domain.alert_rules import AlertRulesError, load_rules
+
+    try:
+        load_rules(settings.alert_rules_file)
+    except AlertRulesError as exc:
+        print(f"usage-stream: USAGE_ALERT_RULES_FILE: {exc}", file=sys.stderr)
+        return 2
     import faust
 
     from processor.app import create_app
@@ -157,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--at", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
     check = prices_sub.add_parser("check", help="validate a prices file as start-up would")
     check.add_argument("file", type=Path)
+    alerts = sub.add_parser("alerts", help="alert rules: check a rules file")
+    alerts_sub = alerts.add_subparsers(dest="action", required=True)
+    alerts_check = alerts_sub.add_parser("check", help="validate an alert rules file")
+    alerts_check.add_argument("file", type=Path)
     invoices = sub.add_parser("invoices", help="invoices of a billing period")
     invoices_sub = invoices.add_subparsers(dest="action", required=True)
     generate = invoices_sub.add_parser(
@@ -171,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         from processor.prices_cli import check_prices_file
 
         return check_prices_file(args.file)
+    if args.command == "alerts":
+        from processor.alerts_cli import check_rules_file
+
+        return check_rules_file(args.file)
     settings = _settings_or_exit()
     if args.command == "worker":
         return cmd_worker(settings)

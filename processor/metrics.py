@@ -21,7 +21,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from processor.domain.money import PICO_PER_USD
@@ -83,6 +83,9 @@ EVENT_LAG_BUCKETS = (
     3600.0,
     86400.0,
 )
+
+#: an alert waits for its batch, the outbox poll and a Kafka transaction
+ALERT_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
@@ -243,6 +246,18 @@ class UsageMetrics:
             ("window",),
             registry=r,
         )
+        self.alert_publish_lag = Histogram(
+            "usage_alert_publish_lag_seconds",
+            "From the batch that decided an alert to its publication on the notifications "
+            "topic, in seconds.",
+            buckets=ALERT_LAG_BUCKETS,
+            registry=r,
+        )
+        self.alerts_pending = Gauge(
+            "usage_alerts_pending",
+            "Alerts decided but not yet acknowledged by the broker (the alerts outbox).",
+            registry=r,
+        )
         self.invoices_generated = Counter(
             "usage_invoices_generated_total",
             "Invoices created (each once per cluster, by the process that created it).",
@@ -335,6 +350,13 @@ class UsageMetrics:
 
     def event_lags(self, seconds: Iterable[float]) -> None:
         observe_many(self.event_lag_hist, (max(s, 0.0) for s in seconds))
+
+    def alerts_published(self, alerts: Iterable[tuple[str, str, int]], now_ms: int) -> None:
+        """(rule, level, triggeredAt) of alerts just published: counted once per cluster,
+        since only the relay that published them counts them."""
+        for rule, level, triggered_at in alerts:
+            self.alert(rule, level)
+            self.alert_publish_lag.observe(max(now_ms - triggered_at, 0) / 1000)
 
     def late(self, window: str, n: int) -> None:
         if n:

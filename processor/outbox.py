@@ -246,9 +246,12 @@ class OutboxRelay(Service):  # type: ignore[misc]
         recent_ids: int = RECENT_IDS,
         bucket_ids: int = BUCKET_IDS,
         idle_s: float = IDLE_S,
+        on_published: Callable[[list[Entry]], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # called with the messages of each committed transaction (metrics; must not raise)
+        self._on_published = on_published
         self._settings, self._redis, self._outbox, self._topic = settings, redis, outbox, topic
         self._gate, self._batch, self._idle_s = active, batch, idle_s
         self._stream = Keys(settings.key_prefix).outbox(outbox)
@@ -353,6 +356,11 @@ class OutboxRelay(Service):  # type: ignore[misc]
         self._recent.commit(slot, ids)
         self.stream_id = last_sid
         self.published += len(fresh)
+        if self._on_published is not None:
+            try:
+                self._on_published(fresh)
+            except Exception:  # metrics must not stop publication
+                log.exception("outbox %s: on_published failed", self._outbox)
 
     async def _open(self) -> None:
         """Start a producer (InitProducerId fences older instances and ends their open

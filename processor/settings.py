@@ -101,6 +101,9 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a user's monthly window is kept after it ends (0: until deleted)",
     )
+    alert_retention_seconds: int = Field(
+        90 * 86400, ge=60, description="How long alerts are kept for GET /v1/alerts"
+    )
     kafka_session_timeout_ms: int = Field(
         10_000,
         ge=1000,
@@ -133,6 +136,9 @@ class Settings(BaseSettings):
     prices_file: Path | None = Field(
         None, description="YAML price catalog extending the built-in one"
     )
+    alert_rules_file: Path | None = Field(
+        None, description="YAML alert rules replacing the defaults (CONTRACT §7)"
+    )
 
     # --- local stack -----------------------------------------------------------------
     stack_dir: Path = Field(
@@ -146,7 +152,7 @@ class Settings(BaseSettings):
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
 
-    @field_validator("prices_file")
+    @field_validator("prices_file", "alert_rules_file")
     @classmethod
     def _file_exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():

@@ -35,6 +35,8 @@ WINDOW_KINDS = ("hour", "day", "month", "all")
 F_TOOL_OK = "to"  # successful tool calls
 F_TOOL_FAIL = "tf"  # failed tool calls
 F_VERSION = "v"  # changes with every write of the window (readers' caches key on it)
+F_COST_TOTAL = "ct"  # cost of every model, pico-dollars (what alert rules compare)
+F_TOKENS_TOTAL = "tt"  # tokens.total of every model
 T_AGENT_TOKENS = "ag|"  # month only: per agent, the stored token types
 T_AGENT_COST = "agc|"
 T_AGENT_CALLS = "agn|"  # tokens entries (LLM calls) of the agent
@@ -52,6 +54,7 @@ class HourInfo:
     month: str  # YYYY-MM
     hour_end_ms: int
     day_end_ms: int
+    month_start_ms: int
     month_end_ms: int
 
 
@@ -73,6 +76,7 @@ def hour_info(hour_index: int) -> HourInfo:
         month=f"{day.year:04d}-{day.month:02d}",
         hour_end_ms=(hour_index + 1) * HOUR_MS,
         day_end_ms=(day.toordinal() - _EPOCH_ORDINAL + 1) * DAY_MS,
+        month_start_ms=month_bounds(day.year, day.month)[0],
         month_end_ms=month_bounds(day.year, day.month)[1],
     )
 
@@ -120,6 +124,9 @@ class WindowDelta:
     incr: dict[str, int]
     #: epoch ms at which the window is dropped (None: kept)
     expire_at_ms: int | None
+    #: [start, end) in epoch ms (all time: 0, None)
+    start_ms: int = 0
+    end_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -163,11 +170,11 @@ def user_deltas(slots: Mapping[SlotKey, Slot], now_ms: int, keep: Retention) -> 
             _add_slot(base, slot)
             agents: dict[str, int] = {}
             _add_agents(agents, slot)
-            for kind, label, end, keep_s in (
-                ("hour", info.hour, info.hour_end_ms, keep.hour_s),
-                ("day", info.day, info.day_end_ms, keep.day_s),
-                ("month", info.month, info.month_end_ms, keep.month_s),
-                ("all", "", 0, 0),
+            for kind, label, start, end, keep_s in (
+                ("hour", info.hour, info.hour_end_ms - HOUR_MS, info.hour_end_ms, keep.hour_s),
+                ("day", info.day, info.day_end_ms - DAY_MS, info.day_end_ms, keep.day_s),
+                ("month", info.month, info.month_start_ms, info.month_end_ms, keep.month_s),
+                ("all", "", 0, 0, 0),
             ):
                 expire = expires_at_ms(end, keep_s)
                 if expire is not None and expire <= now_ms:
@@ -176,7 +183,9 @@ def user_deltas(slots: Mapping[SlotKey, Slot], now_ms: int, keep: Retention) -> 
                 w = windows.get((kind, label))
                 if w is None:
                     incr = base | agents if kind == "month" else dict(base)
-                    windows[(kind, label)] = WindowDelta(kind, label, incr, expire)
+                    windows[(kind, label)] = WindowDelta(
+                        kind, label, incr, expire, start, end if kind != "all" else None
+                    )
                 else:
                     _sum_into(w.incr, base)
                     if kind == "month":
@@ -197,8 +206,15 @@ def _add_slot(incr: dict[str, int], slot: Slot) -> None:
         incr[F_TOOL_OK] = incr.get(F_TOOL_OK, 0) + slot.tool_ok
     if slot.tool_fail:
         incr[F_TOOL_FAIL] = incr.get(F_TOOL_FAIL, 0) + slot.tool_fail
+    cost = tokens = 0
     for (model, _), sums in slot.tokens.items():
         _add_tokens(incr, token_fields(model), sums)
+        tokens += sums[5]
+        cost += sums[6]
+    if cost:
+        incr[F_COST_TOTAL] = incr.get(F_COST_TOTAL, 0) + cost
+    if tokens:
+        incr[F_TOKENS_TOTAL] = incr.get(F_TOKENS_TOTAL, 0) + tokens
 
 
 def _add_agents(incr: dict[str, int], slot: Slot) -> None:

@@ -50,6 +50,36 @@ end
 
 local function fmt_int(x) return string.format('%d', x) end
 
+-- pico-dollars as a plain decimal USD string (exact below 2^53 pico, about 9,007 USD)
+local function fmt_usd(pico)
+  local whole = math.floor(pico / 1e12)
+  local frac = pico - whole * 1e12
+  if frac == 0 then return fmt_int(whole) end
+  local text = string.format('%012d', frac):gsub('0+$', '')
+  return fmt_int(whole) .. '.' .. text
+end
+
+-- failed / total as a decimal string, half-even to 6 places
+local function fmt_rate(failed, total)
+  local scaled = failed * 1e6
+  local q = math.floor(scaled / total)
+  local r = scaled - q * total
+  if 2 * r > total or (2 * r == total and q % 2 == 1) then q = q + 1 end
+  local whole = math.floor(q / 1e6)
+  local frac = q - whole * 1e6
+  if frac == 0 then return fmt_int(whole) end
+  return fmt_int(whole) .. '.' .. (string.format('%06d', frac):gsub('0+$', ''))
+end
+
+-- whether a check holds on (cost, tokens, ok, failed) totals
+local function holds(c, cost, tokens, ok, failed)
+  local metric, threshold = c[1], tonumber(c[3])
+  if metric == 'c' then return cost >= threshold end
+  if metric == 't' then return tokens >= threshold end
+  local total = ok + failed
+  return total >= c[5] and total > 0 and failed * c[4] >= threshold * total
+end
+
 -- 1. offsets: Redis must still hold what this worker last wrote for each partition
 local offsets = control.offsets
 if offsets then
@@ -158,11 +188,55 @@ for ui, u in ipairs(users) do
     end
   end
 end
-if failed then
-  return cjson.encode({results = results, invoiced = invoiced, applied = false})
+-- 5. alerts: each check of each window holds after the call or not; one that holds and
+-- has not fired yet fires, named after the entry of the call that made it hold (the
+-- call carries those entries only when asked: a refusal asks for them)
+local firing = {}
+local need_detail = {}
+if not failed then
+  for ui, u in ipairs(users) do
+    for wi, w in ipairs(u[3]) do
+      local checks = w[4]
+      if checks then
+        local cur = redis.call('HMGET', w[1], 'ct', 'tt', 'to', 'tf')
+        local c0, t0 = tonumber(cur[1]) or 0, tonumber(cur[2]) or 0
+        local o0, f0 = tonumber(cur[3]) or 0, tonumber(cur[4]) or 0
+        local d = w[5]
+        local c1, t1 = c0 + tonumber(d[1]), t0 + tonumber(d[2])
+        local o1, f1 = o0 + d[3], f0 + d[4]
+        for _, c in ipairs(checks) do
+          if holds(c, c1, t1, o1, f1) and redis.call('EXISTS', c[7]) == 0 then
+            if w[6] == 0 then
+              need_detail[#need_detail + 1] = {ui - 1, wi - 1}
+              break
+            end
+            -- walk the call's entries of this window in batch order
+            local cost, tokens, ok, bad = c0, t0, o0, f0
+            local entry_id, observed = nil, nil
+            for _, e in ipairs(w[7]) do
+              cost = cost + tonumber(e[2]); tokens = tokens + e[3]
+              if e[4] == 1 then ok = ok + 1 elseif e[4] == 2 then bad = bad + 1 end
+              if holds(c, cost, tokens, ok, bad) then
+                entry_id = e[1]
+                if c[1] == 'c' then observed = fmt_usd(cost)
+                elseif c[1] == 't' then observed = fmt_int(tokens)
+                else observed = fmt_rate(bad, ok + bad) end
+                break
+              end
+            end
+            if entry_id then firing[#firing + 1] = {u, w, c, entry_id, observed} end
+          end
+        end
+      end
+    end
+  end
+end
+if failed or #need_detail > 0 then
+  return cjson.encode({results = results, invoiced = invoiced, detail = need_detail,
+                       applied = false})
 end
 
--- 5. writes: nothing below can fail
+-- 6. writes: nothing below can fail
 local entry_ttl = control.entry_ttl
 local to_mark = {}
 local applied = 0
@@ -265,6 +339,36 @@ for _, u in ipairs(users) do
       end
     end
   end
+end
+
+local now_ms = control.now_ms
+for _, f in ipairs(firing) do
+  local u, w, c, entry_id, observed = f[1], f[2], f[3], f[4], f[5]
+  local tenant, user = u[9], u[10]
+  local alert = {
+    alertId = c[6], rule = c[9], level = c[2], tenantId = tenant,
+    subject = {type = 'user', id = user},
+    window = {kind = w[8], start = w[9], ['end'] = w[10]},
+    metric = c[11], observed = observed, threshold = c[10],
+    triggeredAt = now_ms, entryId = entry_id,
+    message = c[9] .. ': user ' .. user .. ' reached ' .. observed .. ' ' .. c[11] ..
+      ' in the ' .. w[8] .. ' window (' .. c[2] .. ' threshold ' .. c[10] .. ')',
+  }
+  local text = cjson.encode(alert)
+  -- the marker lives as long as the window can still change
+  if w[2] ~= 0 then
+    redis.call('SET', c[7], '1', 'EXAT', w[2])
+  else
+    redis.call('SET', c[7], '1')
+  end
+  redis.call('SET', c[8], text, 'PX', control.alert_ttl_ms)
+  local oldest = now_ms - control.alert_ttl_ms
+  for _, index in ipairs({u[7], u[8]}) do
+    redis.call('ZADD', index, now_ms, c[6])
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. fmt_int(oldest))
+  end
+  redis.call('XADD', control.alerts_outbox, '*', 'k', user, 'v', text, 'id', c[6],
+             'at', fmt_int(now_ms))
 end
 
 for t, marks in pairs(to_mark) do

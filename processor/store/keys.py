@@ -37,6 +37,12 @@ Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 - ``p:inv:t:<invoiceId>``       hash: one invoice (domain.invoices); its existence marks
                                 the user's month as invoiced
 - ``p:invs:t:<YYYY-MM>``        sorted set, all scores 0: user ids invoiced for the month
+- ``p:alerted:t:<alertId>``     string: the alert fired (its one message is in the outbox);
+                                expires with the window it watches
+- ``p:alert:t:<alertId>``       string: the alert as published (JSON), for GET /v1/alerts;
+                                expires ``alert_retention_seconds`` after it fired
+- ``p:alerts:t``                sorted set: alert ids scored by triggeredAt
+- ``p:alertsbyuser:t:<userId>`` sorted set: the user's alert ids scored by triggeredAt
 - ``p:outbox:<name>``           stream: messages decided in Redis, waiting for the relay
                                 to publish them to Kafka (processor/outbox.py)
 - ``p:offsets:<group>``         hash: ``<topic>:<partition>`` -> next offset to consume,
@@ -123,6 +129,18 @@ class Keys:
 
     def invoiced_users(self, tenant: str, month: str) -> str:
         return f"{self.prefix}:invs:{part(tenant)}:{month}"
+
+    def alert_marker(self, tenant: str, alert_id: str) -> str:
+        return f"{self.prefix}:alerted:{part(tenant)}:{part(alert_id)}"
+
+    def alert(self, tenant: str, alert_id: str) -> str:
+        return f"{self.prefix}:alert:{part(tenant)}:{part(alert_id)}"
+
+    def alerts(self, tenant: str) -> str:
+        return f"{self.prefix}:alerts:{part(tenant)}"
+
+    def alerts_by_user(self, tenant: str, user_id: str) -> str:
+        return f"{self.prefix}:alertsbyuser:{part(tenant)}:{part(user_id)}"
 
     def outbox(self, name: str) -> str:
         return f"{self.prefix}:outbox:{part(name)}"

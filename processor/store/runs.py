@@ -22,6 +22,7 @@ import msgpack  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from processor.domain.alert_rules import AlertRule
 from processor.domain.rollup import (
     AcceptedEntry,
     RunDelta,
@@ -30,7 +31,7 @@ from processor.domain.rollup import (
 )
 from processor.domain.windows import Retention
 from processor.store.keys import Keys
-from processor.store.user_payload import Invoiced, user_payloads
+from processor.store.user_payload import Alerting, Invoiced, WindowIdent, user_payloads
 
 _APPLY_LUA = resources.files("processor.store").joinpath("apply_batch.lua").read_text("utf-8")
 
@@ -65,6 +66,8 @@ DEFAULT_RETENTION = Retention(hour_s=14 * 86400, day_s=400 * 86400, month_s=0)
 
 #: Outbox of invoice messages (new invoices, adjustments) for the relay to publish.
 INVOICES_OUTBOX = "invoices"
+#: Outbox of alerts (CONTRACT §4) for the relay to publish on the notifications topic.
+ALERTS_OUTBOX = "alerts"
 
 
 class StaleOffsets(Exception):
@@ -109,6 +112,8 @@ class _Call:
     blob: bytes
     #: (tenant, user, month) of every month the call's users touch, in payload order
     months: list[list[tuple[str, str, str]]]
+    #: per user, the identity of each window in payload order
+    windows: list[list[WindowIdent]]
 
 
 @dataclass(slots=True)
@@ -118,6 +123,8 @@ class ApplyPlan:
     token: str
     now_ms: int
     pending: list[Group]
+    #: alerting state of the plan: which windows' entries travel with it, batch order
+    alerting: Alerting | None
     calls: list[_Call] | None
     result: ApplyResult
     #: groups that must be sent in a call of their own (a call with them failed)
@@ -137,6 +144,8 @@ class RunStore:
         dedup_ttl_s: int,
         entry_ttl_s: int,
         retention: Retention = DEFAULT_RETENTION,
+        rules: Sequence[AlertRule] = (),
+        alert_retention_s: int = 90 * 86400,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
@@ -144,6 +153,9 @@ class RunStore:
         self._dedup_ttl_s = dedup_ttl_s
         self._entry_ttl_s = entry_ttl_s
         self._retention = retention
+        # user rules are evaluated in the batch step; run rules are not (yet)
+        self._rules = [r for r in rules if r.subject == "user"]
+        self._alert_ttl_ms = alert_retention_s * 1000
         self._clock = clock
         # Months seen invoiced (an invoice is never deleted by this app): calls touching
         # them carry their adjustments up front instead of learning it from a refusal.
@@ -167,7 +179,14 @@ class RunStore:
         for members, delta in folded:
             pending.extend(_split_by_size(members, delta))
         now = int(self._clock() * 1000) if now_ms is None else now_ms
-        plan = ApplyPlan(secrets.token_hex(6), now, pending, None, ApplyResult(duplicates=repeats))
+        alerting = (
+            Alerting(self._rules, order={e.entry_id: i for i, e in enumerate(entries)})
+            if self._rules
+            else None
+        )
+        plan = ApplyPlan(
+            secrets.token_hex(6), now, pending, alerting, None, ApplyResult(duplicates=repeats)
+        )
         plan.calls = self._encode(plan)
         return plan
 
@@ -236,7 +255,11 @@ class RunStore:
                 try:
                     raw = await self._apply_script(
                         keys=[],
-                        args=[call.payload, self._control(plan.token, offsets, write), call.blob],
+                        args=[
+                            call.payload,
+                            self._control(plan.token, offsets, write, plan.now_ms),
+                            call.blob,
+                        ],
                     )
                 except ResponseError as exc:
                     if str(exc).startswith(_TRANSIENT_PREFIXES):
@@ -256,6 +279,10 @@ class RunStore:
                 else:
                     clean = False
                     self._note_invoiced(call, reply.get("invoiced") or [])
+                    if plan.alerting is not None:
+                        for user_index, window_index in reply.get("detail") or []:
+                            ident = call.windows[int(user_index)][int(window_index)]
+                            plan.alerting.detail.add(ident)
                     self._resolve(plan, call, reply.get("results") or [], retry, retry_alone)
         finally:
             # what is resolved stays resolved; the rest is sent again (re-encoded)
@@ -337,7 +364,9 @@ class RunStore:
         if isinstance(reply, dict) and reply.get("stale"):
             raise StaleOffsets({str(f): (str(v) or None) for f, v in reply["stale"]})
 
-    def _control(self, token: str, offsets: OffsetUpdate | None, write: bool) -> bytes:
+    def _control(
+        self, token: str, offsets: OffsetUpdate | None, write: bool, now_ms: int = 0
+    ) -> bytes:
         return msgpack.packb(  # type: ignore[no-any-return]
             {
                 "stats": self._keys.stats(),
@@ -349,6 +378,9 @@ class RunStore:
                 else [offsets.key, [list(p) for p in offsets.parts]],
                 "write_offsets": write,
                 "outbox": self._keys.outbox(INVOICES_OUTBOX),
+                "alerts_outbox": self._keys.outbox(ALERTS_OUTBOX),
+                "alert_ttl_ms": self._alert_ttl_ms,
+                "now_ms": now_ms,
             }
         )
 
@@ -384,7 +416,7 @@ class RunStore:
         fields: dict[str, int] = {}
         tenants: dict[str, int] = {}
         groups = [self._group_payload(plan.pending[i][1], bodies, fields, tenants) for i in indices]
-        users, months = user_payloads(
+        users = user_payloads(
             self._keys,
             [plan.pending[i] for i in indices],
             now_ms=plan.now_ms,
@@ -392,14 +424,17 @@ class RunStore:
             invoiced=self._invoiced,
             tenants=tenants,
             fields=fields,
+            alerting=plan.alerting,
         )
         payload = {
             "fields": list(fields),
             "seen": [self._keys.seen_prefix(t) for t in tenants],
             "groups": groups,
-            "users": users,
+            "users": users.payload,
         }
-        return _Call(indices, msgpack.packb(payload), b"".join(bodies.parts), months)
+        return _Call(
+            indices, msgpack.packb(payload), b"".join(bodies.parts), users.months, users.windows
+        )
 
     def _group_payload(
         self,

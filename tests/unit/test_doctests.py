@@ -12,6 +12,8 @@ MODULES = [
     "processor.domain.windows",
     "processor.domain.invoices",
     "processor.invoicing",
+    "processor.domain.alerts",
+    "processor.domain.alert_rules",
 ]
 
 
