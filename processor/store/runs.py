@@ -180,7 +180,7 @@ class RunStore:
             pending.extend(_split_by_size(members, delta))
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         alerting = (
-            Alerting(self._rules, order={e.entry_id: i for i, e in enumerate(entries)})
+            Alerting(self._rules, entries)
             if self._rules
             else None
         )

@@ -43,10 +43,18 @@ class Alerting:
     """What the call needs to evaluate alert rules on the windows it writes."""
 
     rules: Sequence[AlertRule]
+    #: the batch, in the order in which its entries count
+    entries: Sequence[AcceptedEntry] = ()
     #: windows whose entries must travel with the call (a rule fires on them)
     detail: set[WindowIdent] = field(default_factory=set)
-    #: entry id -> position in the batch (the order in which entries count)
-    order: Mapping[str, int] = field(default_factory=dict)
+    _order: dict[str, int] | None = None
+
+    @property
+    def order(self) -> Mapping[str, int]:
+        """entry id -> position in the batch (built the first time a rule fires)."""
+        if self._order is None:
+            self._order = {e.entry_id: i for i, e in enumerate(self.entries)}
+        return self._order
 
 
 @dataclass(slots=True)
