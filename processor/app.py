@@ -36,6 +36,7 @@ from processor.outbox import Entry as OutboxEntry
 from processor.outbox import OutboxRelay
 from processor.publisher import Publisher
 from processor.settings import Settings
+from processor.store.alert_queries import AlertQueries
 from processor.store.invoices import InvoiceStore
 from processor.store.keys import Keys
 from processor.store.run_queries import RunQueries
@@ -178,6 +179,7 @@ def create_app(settings: Settings) -> UsageApp:
         kafka_up=lambda: monitor.up("kafka"),
         users=UserQueries(redis, Keys(settings.key_prefix)),
         invoices=invoices,
+        alerts=AlertQueries(redis, Keys(settings.key_prefix)),
     )
     _schedule_invoices(app, redis, Keys(settings.key_prefix), invoices, metrics, settings)
     return app

@@ -205,9 +205,12 @@ class BillingUsers(WireModel):
 
 
 class AlertList(WireModel):
-    """``GET /v1/alerts``: newest first."""
+    """``GET /v1/alerts``: newest first by ``triggeredAt`` (ties by ``alertId``, descending)."""
 
     alerts: list[Alert]
+    next_cursor: str | None = Field(
+        description="Opaque; pass it as cursor for the next page; null on the last page."
+    )
 
 
 class InvoiceList(WireModel):

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from processor.metrics import UsageMetrics
 from processor.settings import Settings
+from processor.store.alert_queries import AlertQueries
 from processor.store.invoices import InvoiceStore
 from processor.store.run_queries import RunQueries
 from processor.store.user_queries import UserQueries
@@ -60,5 +61,7 @@ class ApiContext:
     users: UserQueries | None = None
     #: Invoices; the invoice routes are only registered when set
     invoices: InvoiceStore | None = None
+    #: Alerts stored by the batch step; GET /v1/alerts is only registered when set
+    alerts: AlertQueries | None = None
     #: "Now" of the dashboard's current month and of generated invoices' generatedAt
     clock: Clock = wall_clock_ms

@@ -7,6 +7,7 @@ from typing import Final
 
 from aiohttp import web
 
+from processor.api.alerts import ALERT_SCHEMAS, LIST_ALERTS, AlertViews
 from processor.api.auth import DEFAULT_TENANT, make_auth_middleware
 from processor.api.billing import (
     BILLING_SCHEMAS,
@@ -122,8 +123,8 @@ def setup_routes(app: web.Application, ctx: ApiContext) -> None:
 
     Call once, before the application starts (aiohttp freezes routes and middlewares then).
     ``/metrics`` is left to Faust's Prometheus sensor; see ``ops.metrics_handler``. The
-    user and billing-users routes need ``ctx.users``, the invoice routes ``ctx.invoices``;
-    each group is only registered when its store is given.
+    user and billing-users routes need ``ctx.users``, the invoice routes ``ctx.invoices``,
+    ``GET /v1/alerts`` ``ctx.alerts``; each group is only registered when its store is given.
     """
     app[CTX_KEY] = ctx
     keys = ctx.settings.api_key_tenants()
@@ -155,6 +156,8 @@ def setup_routes(app: web.Application, ctx: ApiContext) -> None:
         add_route(app, LIST_INVOICES, invoices.list_period, BILLING_SCHEMAS)
         add_route(app, GET_INVOICE, invoices.get, BILLING_SCHEMAS)
         add_route(app, SET_INVOICE_STATUS, invoices.set_status, BILLING_SCHEMAS)
+    if ctx.alerts is not None:
+        add_route(app, LIST_ALERTS, AlertViews(ctx.alerts).list, ALERT_SCHEMAS)
     add_route(app, OPENAPI, openapi_handler)
     add_route(app, HEALTHZ, healthz)
     add_route(app, READYZ, ops.readyz)

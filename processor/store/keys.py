@@ -43,6 +43,8 @@ Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
                                 expires ``alert_retention_seconds`` after it fired
 - ``p:alerts:t``                sorted set: alert ids scored by triggeredAt
 - ``p:alertsbyuser:t:<userId>`` sorted set: the user's alert ids scored by triggeredAt
+- ``p:alertsbyrun:t:<runId>``   sorted set: the run's alert ids scored by triggeredAt
+                                (written by run alerts)
 - ``p:outbox:<name>``           stream: messages decided in Redis, waiting for the relay
                                 to publish them to Kafka (processor/outbox.py)
 - ``p:offsets:<group>``         hash: ``<topic>:<partition>`` -> next offset to consume,
@@ -141,6 +143,9 @@ class Keys:
 
     def alerts_by_user(self, tenant: str, user_id: str) -> str:
         return f"{self.prefix}:alertsbyuser:{part(tenant)}:{part(user_id)}"
+
+    def alerts_by_run(self, tenant: str, run_id: str) -> str:
+        return f"{self.prefix}:alertsbyrun:{part(tenant)}:{part(run_id)}"
 
     def outbox(self, name: str) -> str:
         return f"{self.prefix}:outbox:{part(name)}"
