@@ -37,6 +37,7 @@ from processor.outbox import OutboxRelay
 from processor.publisher import Publisher
 from processor.settings import Settings
 from processor.store.alert_queries import AlertQueries
+from processor.store.budget_queries import BudgetQueries
 from processor.store.invoices import InvoiceStore
 from processor.store.keys import Keys
 from processor.store.run_queries import RunQueries
@@ -104,13 +105,14 @@ def create_app(settings: Settings) -> UsageApp:
     metrics = UsageMetrics(registry=registry, label_cap=settings.label_cap)
 
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    rules = load_rules(settings.alert_rules_file)
     runs = RunStore(
         redis,
         Keys(settings.key_prefix),
         dedup_ttl_s=settings.dedup_retention_seconds,
         entry_ttl_s=settings.entry_retention_seconds,
         retention=retention_of(settings),
-        rules=load_rules(settings.alert_rules_file),
+        rules=rules,
         alert_retention_s=settings.alert_retention_seconds,
     )
     catalog = load_catalog(settings.prices_file)
@@ -180,6 +182,13 @@ def create_app(settings: Settings) -> UsageApp:
         users=UserQueries(redis, Keys(settings.key_prefix)),
         invoices=invoices,
         alerts=AlertQueries(redis, Keys(settings.key_prefix)),
+        budgets=BudgetQueries(
+            redis,
+            Keys(settings.key_prefix),
+            queries,
+            rules,
+            depth_limit=settings.subagent_depth_limit,
+        ),
     )
     _schedule_invoices(app, redis, Keys(settings.key_prefix), invoices, metrics, settings)
     return app

@@ -10,11 +10,11 @@ answers ``{"alerts": [...]}``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas.alert import Alert
+from schemas.alert import Alert, AlertSubject
 from schemas.common import UsdStr, WireModel
 from schemas.entry import UsageEntry
 from schemas.errors import RejectionCode
@@ -254,3 +254,36 @@ class ErrorResponse(WireModel):
     """Every 4xx/5xx answer: ``{"error": {"code", "message"}}``."""
 
     error: ApiError
+
+
+class BudgetThresholds(WireModel):
+    warning: str | None = Field(description="Plain decimal string; null when not configured.")
+    critical: str | None = Field(description="Plain decimal string; null when not configured.")
+
+
+class BudgetWindow(WireModel):
+    """The user's current hour, day or month (UTC), or the run's lifetime (end null)."""
+
+    kind: Literal["hour", "day", "month", "run"]
+    start: int | None = Field(description="Epoch ms (inclusive); null for an unknown run.")
+    end: int | None = Field(description="Epoch ms (exclusive); null for a run.")
+
+
+class Budget(WireModel):
+    """One rule on one subject: what is observed now, and what remains until critical."""
+
+    rule: str
+    subject: AlertSubject
+    window: BudgetWindow
+    metric: str
+    observed: str = Field(description="Plain decimal string (0 for an unknown subject).")
+    thresholds: BudgetThresholds
+    level: Literal["ok", "warning", "critical"]
+    remaining: str = Field(description="Critical (else warning) minus observed, never below 0.")
+
+
+class Budgets(WireModel):
+    """``GET /v1/budgets?userId=&runId=`` (CONTRACT §3.8)."""
+
+    budgets: list[Budget]
+    exceeded: bool = Field(description="True when any listed rule is at critical.")

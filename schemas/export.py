@@ -57,6 +57,7 @@ SCHEMAS: Final[dict[str, tuple[Any, Mode, str, str | None]]] = {
     "api-dashboard.schema.json": (api.Dashboard, "serialization", "Dashboard", None),
     "api-billing-users.schema.json": (api.BillingUsers, "serialization", "BillingUsers", None),
     "api-alert-list.schema.json": (api.AlertList, "serialization", "AlertList", None),
+    "api-budgets.schema.json": (api.Budgets, "serialization", "Budgets", None),
     "api-invoice-list.schema.json": (api.InvoiceList, "serialization", "InvoiceList", None),
     "api-ingest-request.schema.json": (api.IngestRequest, "validation", "IngestRequest", None),
     "api-ingest-response.schema.json": (

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from processor.metrics import UsageMetrics
 from processor.settings import Settings
 from processor.store.alert_queries import AlertQueries
+from processor.store.budget_queries import BudgetQueries
 from processor.store.invoices import InvoiceStore
 from processor.store.run_queries import RunQueries
 from processor.store.user_queries import UserQueries
@@ -63,5 +64,7 @@ class ApiContext:
     invoices: InvoiceStore | None = None
     #: Alerts stored by the batch step; GET /v1/alerts is only registered when set
     alerts: AlertQueries | None = None
+    #: The live budget check; GET /v1/budgets is only registered when set
+    budgets: BudgetQueries | None = None
     #: "Now" of the dashboard's current month and of generated invoices' generatedAt
     clock: Clock = wall_clock_ms

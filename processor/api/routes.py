@@ -19,6 +19,7 @@ from processor.api.billing import (
     BillingViews,
     InvoiceViews,
 )
+from processor.api.budgets import BUDGET_SCHEMAS, GET_BUDGETS, BudgetViews
 from processor.api.context import ApiContext
 from processor.api.errors import error_middleware
 from processor.api.ingest import INGEST, INGEST_SCHEMAS, IngestViews
@@ -158,6 +159,8 @@ def setup_routes(app: web.Application, ctx: ApiContext) -> None:
         add_route(app, SET_INVOICE_STATUS, invoices.set_status, BILLING_SCHEMAS)
     if ctx.alerts is not None:
         add_route(app, LIST_ALERTS, AlertViews(ctx.alerts).list, ALERT_SCHEMAS)
+    if ctx.budgets is not None:
+        add_route(app, GET_BUDGETS, BudgetViews(ctx.budgets, ctx.clock).get, BUDGET_SCHEMAS)
     add_route(app, OPENAPI, openapi_handler)
     add_route(app, HEALTHZ, healthz)
     add_route(app, READYZ, ops.readyz)

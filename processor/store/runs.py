@@ -179,11 +179,7 @@ class RunStore:
         for members, delta in folded:
             pending.extend(_split_by_size(members, delta))
         now = int(self._clock() * 1000) if now_ms is None else now_ms
-        alerting = (
-            Alerting(self._rules, entries)
-            if self._rules
-            else None
-        )
+        alerting = Alerting(self._rules, entries) if self._rules else None
         plan = ApplyPlan(
             secrets.token_hex(6), now, pending, alerting, None, ApplyResult(duplicates=repeats)
         )
