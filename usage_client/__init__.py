@@ -27,11 +27,14 @@ from usage_client.errors import (
 )
 from usage_client.http_transport import HttpUsageRecorder, IngestResult, post_entries
 from usage_client.ids import new_id, uuid7, uuid7_time_ms
-from usage_client.reader import EntriesPage, UsageReader
+from usage_client.reader import Budget, BudgetLevel, Budgets, EntriesPage, UsageReader
 from usage_client.recorder import RecorderStats, UsageRecorder
 from usage_client.run import MetricDefinition, RunHandle, ToolTimer
 
 __all__ = [
+    "Budget",
+    "BudgetLevel",
+    "Budgets",
     "EntriesPage",
     "EntryValidationError",
     "HttpUsageRecorder",

@@ -1,4 +1,5 @@
-"""Read side over the HTTP API (CONTRACT §3.1), stdlib only: ``urllib`` in a worker thread."""
+"""Read side over the HTTP API (CONTRACT §3.1, §3.8), stdlib only: ``urllib`` in a worker
+thread."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
 
 from usage_client.errors import RunNotFoundError, UsageApiError
 
-__all__ = ["EntriesPage", "UsageReader"]
+__all__ = ["Budget", "BudgetLevel", "Budgets", "EntriesPage", "UsageReader"]
+
+BudgetLevel = Literal["ok", "warning", "critical"]
+_LEVELS: tuple[BudgetLevel, ...] = ("ok", "warning", "critical")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +28,40 @@ class EntriesPage:
 
     entries: list[dict[str, Any]]
     total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One configured rule applied to a user's current window or to a run's tree (§3.8).
+
+    ``subject_type`` is ``"user"`` or ``"run"``; ``window_kind`` is ``"hour"``, ``"day"``,
+    ``"month"`` or ``"run"``; ``window_start``/``window_end`` are epoch milliseconds
+    (``window_end`` is None for a run's lifetime, ``window_start`` None for an unknown run).
+    ``warning``/``critical`` are None when the rule has no such threshold; ``remaining`` is
+    the critical (else warning) threshold minus observed, never below 0.
+    """
+
+    rule: str
+    subject_type: str
+    subject_id: str
+    window_kind: str
+    window_start: int | None
+    window_end: int | None
+    metric: str
+    observed: Decimal
+    warning: Decimal | None
+    critical: Decimal | None
+    level: BudgetLevel
+    remaining: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """``GET /v1/budgets``: every rule that applies; ``exceeded`` is true when any of them
+    is at ``critical``."""
+
+    budgets: list[Budget]
+    exceeded: bool
 
 
 class UsageReader:
@@ -85,6 +124,22 @@ class UsageReader:
         body = await self._get("/v1/runs", query)
         return [str(r) for r in body.get("runIds", [])]
 
+    async def budgets(self, *, user_id: str | None = None, run_id: str | None = None) -> Budgets:
+        """``GET /v1/budgets``: the budgets of a user's current hour/day/month windows and/or
+        of a run's tree (sub-agents included). At least one of ``user_id``, ``run_id``
+        (ValueError otherwise). Ask before the next LLM call and stop when ``exceeded``."""
+        if user_id is None and run_id is None:
+            raise ValueError("budgets: give user_id, run_id or both")
+        values = {"userId": user_id, "runId": run_id}
+        query = {k: v for k, v in values.items() if v is not None}
+        body = await self._get("/v1/budgets", query, run_id=run_id)
+        try:
+            return _parse_budgets(body)
+        except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+            raise UsageApiError(
+                200, "bad_response", f"/v1/budgets answered an unexpected body: {exc!r}"
+            ) from None
+
     # --- transport -----------------------------------------------------------------------
 
     async def _get(
@@ -118,6 +173,53 @@ class UsageReader:
         if not isinstance(decoded, dict):
             raise UsageApiError(200, "bad_response", f"{url} answered {type(decoded).__name__}")
         return decoded
+
+
+def _parse_budgets(body: Mapping[str, Any]) -> Budgets:
+    exceeded = body["exceeded"]
+    if not isinstance(exceeded, bool):
+        raise TypeError(f"exceeded: {exceeded!r} is not a boolean")
+    return Budgets(budgets=[_parse_budget(b) for b in body["budgets"]], exceeded=exceeded)
+
+
+def _parse_budget(raw: Mapping[str, Any]) -> Budget:
+    subject, window, thresholds = raw["subject"], raw["window"], raw.get("thresholds") or {}
+    level = raw["level"]
+    if level not in _LEVELS:
+        raise ValueError(f"level: {level!r} is not one of {_LEVELS}")
+    return Budget(
+        rule=str(raw["rule"]),
+        subject_type=str(subject["type"]),
+        subject_id=str(subject["id"]),
+        window_kind=str(window["kind"]),
+        window_start=_opt_int(window.get("start")),
+        window_end=_opt_int(window.get("end")),
+        metric=str(raw["metric"]),
+        observed=_decimal(raw["observed"]),
+        warning=_opt_decimal(thresholds.get("warning")),
+        critical=_opt_decimal(thresholds.get("critical")),
+        level=level,
+        remaining=_decimal(raw["remaining"]),
+    )
+
+
+def _decimal(value: Any) -> Decimal:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a decimal string")
+    result = Decimal(value)
+    if not result.is_finite():
+        raise ValueError(f"{value!r} is not a finite decimal")
+    return result
+
+
+def _opt_decimal(value: Any) -> Decimal | None:
+    return None if value is None else _decimal(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
 
 
 def _seg(value: str) -> str:

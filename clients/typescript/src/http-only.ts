@@ -40,5 +40,15 @@ export {
   type FromAiSdkOptions,
   type TokenUsage,
 } from "./adapters.js";
+export {
+  UsageApiError,
+  UsageReader,
+  usageReader,
+  type Budget,
+  type BudgetLevel,
+  type Budgets,
+  type BudgetsQuery,
+  type UsageReaderOptions,
+} from "./reader.js";
 export { HttpTransport, httpTransport, type HttpTransportOptions } from "./transports/http.js";
 export type { EncodedEntry, SendResult, ServerRejection, Transport } from "./transports/transport.js";
