@@ -40,6 +40,7 @@ from processor.store.alert_queries import AlertQueries
 from processor.store.budget_queries import BudgetQueries
 from processor.store.invoices import InvoiceStore
 from processor.store.keys import Keys
+from processor.store.run_alerts import RunAlerts
 from processor.store.run_queries import RunQueries
 from processor.store.runs import ALERTS_OUTBOX, INVOICES_OUTBOX, RunStore
 from processor.store.user_queries import UserQueries
@@ -124,6 +125,15 @@ def create_app(settings: Settings) -> UsageApp:
         runs=runs,
         metrics=metrics,
         publish_dead_letters=lambda letters: publisher.publish(settings.topic_dlq, letters),
+        run_alerts=RunAlerts(
+            redis,
+            Keys(settings.key_prefix),
+            rules,
+            depth_limit=settings.subagent_depth_limit,
+            children_limit=settings.subagent_children_limit,
+            alert_retention_s=settings.alert_retention_seconds,
+            metrics=metrics,
+        ),
     )
     ingest = IngestConsumer(settings, pipeline, runs, metrics)
     monitor = DependencyMonitor(settings.kafka_bootstrap, redis)
@@ -185,9 +195,9 @@ def create_app(settings: Settings) -> UsageApp:
         budgets=BudgetQueries(
             redis,
             Keys(settings.key_prefix),
-            queries,
             rules,
             depth_limit=settings.subagent_depth_limit,
+            children_limit=settings.subagent_children_limit,
         ),
     )
     _schedule_invoices(app, redis, Keys(settings.key_prefix), invoices, metrics, settings)

@@ -7,7 +7,12 @@
    counts entries fully applied (from the worker's own counters).
 4. Latency: a fixed offered load; probe entries open runs of their own, and the time from
    produce to the run's rollup being readable in Redis is recorded.
-5. Entries pages: one run of 100,000 entries (written through the real apply path), and
+5. Alert latency: the worker restarted with a rules file (a user ``hour`` ``tokens`` rule,
+   warning 1,000, critical 2,000); at the same offered load, entries of many fresh users,
+   each crossing both thresholds within a few entries; a ``read_committed`` consumer of
+   the notifications topic records, per alert, the time from producing the entry named by
+   its ``entryId`` to consuming the alert.
+6. Entries pages: one run of 100,000 entries (written through the real apply path), and
    the time of ``GET /v1/runs/{runId}/entries`` at random offsets over the worker's API.
 Absolute rates vary run to run on shared machines; the ratio is the figure to quote.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +39,7 @@ from processor.local_worker import LocalWorker
 from processor.settings import Settings
 from processor.simulate import Fleet, encode
 from processor.stack.connect import with_local_stack
+from processor.stack.ports import pick_port
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
 from processor.topics import ensure_topics
@@ -40,6 +47,20 @@ from schemas.entry import parse_entry
 
 #: Entries of the one run whose entries pages are timed.
 _BIG_RUN = 100_000
+#: The alert step's rule: each user's tokens in the current UTC hour.
+_ALERT_RULE = "bench-user-hour-tokens"
+_ALERT_RULES_YAML = f"""\
+rules:
+  - name: {_ALERT_RULE}
+    subject: user
+    window: hour
+    metric: tokens
+    thresholds: {{warning: "1000", critical: "2000"}}
+"""
+#: Entries per user in the alert step (500 tokens each: warning at the 2nd, critical at the
+#: 4th), and users written to at a time (interleaved, as concurrent agents would be).
+_ALERT_USER_ENTRIES = 5
+_ALERT_ACTIVE_USERS = 200
 
 
 async def _produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
@@ -182,6 +203,82 @@ async def _latency(
     return latencies
 
 
+async def _alert_latency(
+    settings: Settings, rate: int, seconds: float
+) -> tuple[list[float], list[float], int]:
+    """Produce-to-consumed latencies (s) of the alerts of fresh users at a fixed offered
+    load; of those, the part from the relay's send (the alert's Kafka timestamp) to the
+    consumer; and the number of alerts expected (two per user, warning and critical)."""
+    consumer = AIOKafkaConsumer(
+        settings.topic_notifications,
+        bootstrap_servers=settings.kafka_bootstrap,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+    )
+    await consumer.start()
+    await producer.start()
+    prefix = f"alert-{uuid.uuid4().hex[:6]}"
+    sent: dict[str, float] = {}  # entry id -> produce time
+    seen: set[str] = set()
+    latencies: list[float] = []
+    from_send: list[float] = []
+    users = int(rate * seconds) // _ALERT_USER_ENTRIES
+    expected = 2 * users
+    last_alert = time.monotonic()
+    produced = asyncio.Event()
+
+    async def consume() -> None:
+        nonlocal last_alert
+        while len(latencies) < expected:
+            batches = await consumer.getmany(timeout_ms=100)
+            now, wall_ms = time.perf_counter(), time.time() * 1000
+            for msgs in batches.values():
+                for m in msgs:
+                    alert = json.loads(m.value)
+                    if alert["rule"] != _ALERT_RULE or alert["entryId"] not in sent:
+                        continue
+                    if alert["alertId"] in seen:
+                        raise RuntimeError(f"alert {alert['alertId']} published twice")
+                    seen.add(alert["alertId"])
+                    latencies.append(now - sent[alert["entryId"]])
+                    from_send.append(max(0.0, wall_ms - m.timestamp) / 1000)
+                    last_alert = time.monotonic()
+            if produced.is_set() and time.monotonic() - last_alert > 10:
+                return  # nothing new for 10 s after the last entry: report what came
+
+    consumer_task = asyncio.create_task(consume())
+    try:
+        t0 = time.perf_counter()
+        for i in range(users * _ALERT_USER_ENTRIES):
+            group, within = divmod(i, _ALERT_ACTIVE_USERS * _ALERT_USER_ENTRIES)
+            nth, slot = divmod(within, _ALERT_ACTIVE_USERS)
+            user = f"{prefix}-{group * _ALERT_ACTIVE_USERS + slot:06d}"
+            target = t0 + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the offered load, not synchronisation
+            entry: dict[str, Any] = {"id": f"{user}-{nth}", "runId": f"{user}-run",
+                                     "userId": user, "timestamp": _now_ms(), "kind": "tokens",
+                                     "model": "gpt-4o-mini",
+                                     "tokens": {"prompt": 400, "completion": 100}}  # fmt: skip
+            key, value = encode(entry)
+            sent[entry["id"]] = time.perf_counter()
+            await producer.send(settings.topic_entries, value, key=key)
+        await producer.flush()
+        last_alert = time.monotonic()
+        produced.set()
+        await asyncio.wait_for(consumer_task, timeout=120)
+    finally:
+        consumer_task.cancel()
+        await producer.stop()
+        await consumer.stop()
+    return latencies, from_send, expected
+
+
 async def _write_big_run(settings: Settings, run_id: str, n: int) -> None:
     """``n`` entries of one run through the real validate, price and apply path."""
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
@@ -270,6 +367,8 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
             "topic_notifications": f"{tag}.usage.notifications",
             "topic_invoices": f"{tag}.usage.invoices",
             "topic_outbox_progress": f"{tag}.usage.outbox.progress",
+            # a free port: a demo or another worker may hold the default one
+            "api_port": pick_port(settings.api_port),
         }
     )
     asyncio.run(ensure_topics(settings))
@@ -300,6 +399,7 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
         "rawPerSec": round(raw),
         "rawRuns": [round(r) for r in raws],
     }
+    rules_dir = tempfile.TemporaryDirectory(prefix="bench-alerts-")
     try:
         worker.start()
         pipeline = asyncio.run(_pipeline_rate(settings, entries, timeout=600))
@@ -319,6 +419,30 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
             latencyP50Ms=round(p50 * 1000, 1),
             latencyP99Ms=round(p99 * 1000, 1),
         )
+        # the alert step: the same worker (app id, topics, Redis) restarted with a rules file
+        rules_file = Path(rules_dir.name) / "alert-rules.yaml"
+        rules_file.write_text(_ALERT_RULES_YAML, encoding="utf-8")
+        worker.stop()
+        worker = LocalWorker(settings.model_copy(update={"alert_rules_file": rules_file}), log_path)
+        worker.start()
+        worker.wait_ready()
+        alerts, from_send, expected = asyncio.run(_alert_latency(settings, rate, latency_seconds))
+        if not alerts:
+            raise RuntimeError(f"no alert consumed; see {log_path}")
+        p50, p99 = _percentile(alerts, 0.5), _percentile(alerts, 0.99)
+        print(
+            f"produce-to-alert-consumed latency (read_committed) at {rate}/s for "
+            f"{latency_seconds:.0f}s ({len(alerts)} of {expected} alerts): "
+            f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; of which relay send to "
+            f"consumed p50 {_percentile(from_send, 0.5) * 1000:.0f} ms, "
+            f"p99 {_percentile(from_send, 0.99) * 1000:.0f} ms"
+        )
+        result.update(
+            alerts=len(alerts),
+            alertsExpected=expected,
+            alertLatencyP50Ms=round(p50 * 1000, 1),
+            alertLatencyP99Ms=round(p99 * 1000, 1),
+        )
         pages = asyncio.run(
             _entries_page_latency(settings, worker.url, entries=_BIG_RUN, requests=200)
         )
@@ -331,5 +455,6 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
         print("result " + json.dumps(result))
     finally:
         worker.stop()
+        rules_dir.cleanup()
         asyncio.run(_cleanup(settings))
     return 0

@@ -5,6 +5,9 @@
    daily (30-day range), monthly and dashboard endpoints, one request at a time.
 2. A period with 10,000 users: the time of ``POST /v1/billing/{period}/invoices``
    creating their invoices.
+3. The budget check: a tree of 100 runs (a root, sub-agent children, grandchildren), then
+   p50/p99 of ``GET /v1/budgets?runId=<root>`` (which walks the tree) and of the same with
+   the user's windows added (``userId=&runId=``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from processor.invoicing import previous_period
 from processor.local_worker import LocalWorker
 from processor.settings import Settings
 from processor.stack.connect import with_local_stack
+from processor.stack.ports import pick_port
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
 from processor.topics import ensure_topics
@@ -38,6 +42,11 @@ HEAVY_ENTRIES = 1_000_000
 HEAVY_DAYS = 60
 HEAVY_MODELS = 40
 INVOICE_USERS = 10_000
+#: the budget tree: a root, its children, and grandchildren under the first few children
+BUDGET_CHILDREN = 19
+BUDGET_PARENTS_OF_GRANDCHILDREN = 8
+BUDGET_GRANDCHILDREN = 10
+BUDGET_RUNS = 1 + BUDGET_CHILDREN + BUDGET_PARENTS_OF_GRANDCHILDREN * BUDGET_GRANDCHILDREN
 _REQUESTS = 200
 _DAY_MS = 86_400_000
 
@@ -120,6 +129,51 @@ def _invoice_users(settings: Settings, period_start: datetime, prefix: str) -> N
     asyncio.run(_write(settings, entries, INVOICE_USERS * 2))
 
 
+def _budget_tree(settings: Settings, user: str, root: str) -> int:
+    """A tree of :data:`BUDGET_RUNS` runs of ``user`` under ``root``, each with a few tokens
+    and tool entries, children linked by ``subagent`` entries; returns the tree's tokens."""
+    now = time.time_ns() // 1_000_000
+    rnd = random.Random(17)
+    children: dict[str, list[str]] = {root: [f"{root}-c{i:02d}" for i in range(BUDGET_CHILDREN)]}
+    for child in children[root][:BUDGET_PARENTS_OF_GRANDCHILDREN]:
+        children[child] = [f"{child}-g{j:02d}" for j in range(BUDGET_GRANDCHILDREN)]
+    parent_of = {c: p for p, cs in children.items() for c in cs}
+    runs = [root, *parent_of]
+    assert len(runs) == BUDGET_RUNS
+    entries: list[dict[str, Any]] = []
+    tokens_total = 0
+    for n, run in enumerate(runs):
+        common: dict[str, Any] = {"runId": run, "userId": user, "timestamp": now - 60_000 + n}
+        common["agentName"] = "planner"
+        if run in parent_of:
+            common["parentRunId"] = parent_of[run]
+        for i in range(3):
+            tokens = {"prompt": rnd.randint(50, 4000), "completion": rnd.randint(10, 1500)}
+            tokens_total += tokens["prompt"] + tokens["completion"]
+            entries.append({**common, "id": f"{run}-t{i}", "kind": "tokens",
+                            "model": "gpt-4o-mini", "tokens": tokens})  # fmt: skip
+        for i in range(2):
+            entries.append({**common, "id": f"{run}-w{i}", "kind": "tool", "success": i == 0,
+                            "toolName": "web_search", "durationMs": 90})  # fmt: skip
+        for i, child in enumerate(children.get(run, ())):
+            entries.append({**common, "id": f"{run}-s{i:02d}", "kind": "subagent",
+                            "subAgentType": "researcher", "subAgentRunId": child,
+                            "durationMs": 1200, "success": True})  # fmt: skip
+    asyncio.run(_write(settings, entries, len(entries)))
+    return tokens_total
+
+
+async def _check_budget(url: str, params: dict[str, str], run_tokens: int) -> None:
+    """The run rule's observed tokens must be the whole tree's (all 100 runs walked)."""
+    async with aiohttp.ClientSession() as session, session.get(url, params=params) as resp:
+        body = await resp.json()
+    if resp.status != 200:
+        raise RuntimeError(f"{url} answered {resp.status}: {str(body)[:200]}")
+    observed = [b["observed"] for b in body["budgets"] if b["subject"]["type"] == "run"]
+    if observed != [str(run_tokens)]:
+        raise RuntimeError(f"budget of the tree: observed {observed}, expected {run_tokens}")
+
+
 async def _latencies(url: str, params: dict[str, str] | None) -> list[float]:
     out: list[float] = []
     async with aiohttp.ClientSession() as session:
@@ -173,6 +227,8 @@ def run_read_bench(settings: Settings) -> int:
             "topic_notifications": f"{tag}.usage.notifications",
             "topic_invoices": f"{tag}.usage.invoices",
             "topic_outbox_progress": f"{tag}.usage.outbox.progress",
+            # a free port: a demo or another worker may hold the default one
+            "api_port": pick_port(settings.api_port),
         }
     )
     asyncio.run(ensure_topics(settings))
@@ -190,6 +246,9 @@ def run_read_bench(settings: Settings) -> int:
     year, month = map(int, period.split("-"))
     _invoice_users(settings, datetime(year, month, 1, tzinfo=UTC), "inv-user")
     print(f"wrote {INVOICE_USERS * 2:,} entries of {INVOICE_USERS:,} users in {period}")
+    budget_user, budget_root = "budget-user", "budget-root"
+    budget_tokens = _budget_tree(settings, budget_user, budget_root)
+    print(f"wrote a tree of {BUDGET_RUNS} runs of {budget_user} under {budget_root}")
 
     worker = LocalWorker(settings, Path(settings.stack_dir) / "bench-reads-worker.log")
     result: dict[str, Any] = {}
@@ -221,6 +280,20 @@ def run_read_bench(settings: Settings) -> int:
             invoiceGenerationSeconds=round(took, 1),
             invoiceRegenerationSeconds=round(again, 1),
         )
+        url = f"{worker.url}/v1/budgets"
+        budget_reads = {
+            "budgetRun": {"runId": budget_root},
+            "budgetUserRun": {"userId": budget_user, "runId": budget_root},
+        }
+        for name, params in budget_reads.items():
+            asyncio.run(_check_budget(url, params, budget_tokens))
+            lat = asyncio.run(_latencies(url, params))
+            p50, p99 = _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000
+            print(
+                f"{name:<13} ({BUDGET_RUNS}-run tree) {_REQUESTS} requests over HTTP: "
+                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+            )
+            result[f"{name}P50Ms"], result[f"{name}P99Ms"] = round(p50, 2), round(p99, 2)
         print("result " + json.dumps(result))
     finally:
         worker.stop()

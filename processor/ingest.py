@@ -22,6 +22,7 @@ from processor.domain.rollup import AcceptedEntry
 from processor.domain.windows import Retention, late_windows
 from processor.metrics import ENTRY_KINDS, UNKNOWN, UsageMetrics
 from processor.settings import Settings
+from processor.store.run_alerts import RunAlerts
 from processor.store.runs import ApplyPlan, ApplyResult, OffsetUpdate, RunStore
 from schemas.deadletter import build_dead_letter, fit_dead_letter
 from schemas.entry import parse_entry
@@ -96,6 +97,7 @@ class PreparedBatch:
     #: dead letters the store's verdict added (overflow, script failure), once known
     late_letters: list[tuple[bytes | None, bytes]] | None = None
     late_published: bool = False
+    run_alerts_done: bool = False
     outcome: BatchOutcome | None = None
 
 
@@ -129,8 +131,11 @@ class IngestPipeline:
         runs: RunStore,
         metrics: UsageMetrics,
         publish_dead_letters: DeadLetterPublisher,
+        run_alerts: RunAlerts | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
+        # run-tree rules are evaluated after the batch step and before its offsets move
+        self._run_alerts = run_alerts if run_alerts is not None and run_alerts.rules else None
         self._max_bytes = settings.max_entry_bytes
         self._retention = retention_of(settings)
         # only an entry older than the shortest retention can be late for a window
@@ -231,7 +236,9 @@ class IngestPipeline:
             batch.letters_published = True
         outcome = BatchOutcome()
         if batch.plan is not None:
-            applied = await self._runs.execute(batch.plan, offsets)
+            applied = await self._runs.execute(
+                batch.plan, offsets, write_offsets=self._run_alerts is None
+            )
             outcome.accepted = applied.accepted
             outcome.duplicates = applied.duplicates
             if batch.late_letters is None:
@@ -243,6 +250,12 @@ class IngestPipeline:
         if batch.late_letters and not batch.late_published:
             await self._publish_dead_letters(batch.late_letters)
             batch.late_published = True
+        if self._run_alerts is not None and batch.valid and not batch.run_alerts_done:
+            # all the batch's runs, duplicates too: a replay after a crash here finds its
+            # entries applied and must still evaluate their trees
+            accepted = {e.entry_id for e in outcome.accepted}
+            await self._run_alerts.evaluate(batch.valid, accepted, batch.now_ms)
+            batch.run_alerts_done = True
         if offsets is not None and not offsets_written:
             await self._runs.write_offsets(offsets)
         outcome.rejected = len(batch.letters) + len(batch.late_letters)

@@ -32,6 +32,12 @@ F_UPDATED = "ts1"
 F_USER = "user"
 F_TENANT = "tenant"
 F_AGENT = "agent"
+# Totals over models and tools, beside the detailed fields: what alert rules compare (the
+# same names in a user's windows, see domain.windows)
+F_COST_TOTAL = "ct"
+F_TOKENS_TOTAL = "tt"
+F_TOOL_OK = "to"
+F_TOOL_FAIL = "tf"
 T_TOKENS = "tk|"
 T_COST = "c|"
 T_TOOL = "tl|"
@@ -330,7 +336,10 @@ class RunDelta:
     def incr(self) -> dict[str, int]:
         """The integer counter increments of the run hash (zero ones left out)."""
         out: dict[str, int] = {F_COUNT: self.count}
+        cost = tokens = 0
         for model, sums in self.tokens_by_model().items():
+            tokens += sums[5]
+            cost += sums[6]
             fields = token_fields(model)
             stored = (*sums[:5], sums[5] - sums[0] - sums[1], sums[6])
             for f, value in zip(fields, stored, strict=True):
@@ -339,10 +348,22 @@ class RunDelta:
             if not any(stored):
                 # a model used with no tokens and no cost still shows, with zeros
                 out[fields[6]] = 0
+        if cost:
+            out[F_COST_TOTAL] = cost
+        if tokens:
+            out[F_TOKENS_TOTAL] = tokens
+        tool_ok = tool_fail = 0
         for (kind, name), stats in self.calls.items():
             for f, value in zip(_call_fields(kind, name), stats[1:], strict=True):
                 if value:
                     out[f] = value
+            if kind == "tool":
+                tool_ok += stats[1]
+                tool_fail += stats[2]
+        if tool_ok:
+            out[F_TOOL_OK] = tool_ok
+        if tool_fail:
+            out[F_TOOL_FAIL] = tool_fail
         for (ctype, cname), nano in self.custom.items():
             units, rest = divmod(nano, CUSTOM_SCALE)
             units_field, nano_field = _custom_fields(ctype, cname)

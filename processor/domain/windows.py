@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
 
+from processor.domain import rollup
 from processor.domain.rollup import (
     F_COUNT,
     T_COST,
@@ -32,11 +33,11 @@ DAY_MS = 86_400_000
 WINDOW_KINDS = ("hour", "day", "month", "all")
 
 # Window hash fields beyond a run's token and cost fields (see rollup.token_fields).
-F_TOOL_OK = "to"  # successful tool calls
-F_TOOL_FAIL = "tf"  # failed tool calls
+F_TOOL_OK = rollup.F_TOOL_OK  # successful tool calls
+F_TOOL_FAIL = rollup.F_TOOL_FAIL  # failed tool calls
 F_VERSION = "v"  # changes with every write of the window (readers' caches key on it)
-F_COST_TOTAL = "ct"  # cost of every model, pico-dollars (what alert rules compare)
-F_TOKENS_TOTAL = "tt"  # tokens.total of every model
+F_COST_TOTAL = rollup.F_COST_TOTAL  # cost of every model, pico-dollars (what rules compare)
+F_TOKENS_TOTAL = rollup.F_TOKENS_TOTAL  # tokens.total of every model
 T_AGENT_TOKENS = "ag|"  # month only: per agent, the stored token types
 T_AGENT_COST = "agc|"
 T_AGENT_CALLS = "agn|"  # tokens entries (LLM calls) of the agent

@@ -281,6 +281,8 @@ for _, item in ipairs(passed) do
     local kids = {}
     for _, c in ipairs(children) do kids[#kids + 1] = 0; kids[#kids + 1] = c end
     call_chunked('ZADD', h_kids, kids)
+    -- and the way back up, for run-tree alerts (processor/store/run_alerts.py)
+    for _, parents in ipairs(grp[21]) do redis.call('SADD', parents, run_id) end
   end
   -- raw entries and their (timestamp, id) index, kept for the retention period after
   -- the run's last write

@@ -18,7 +18,7 @@ from processor.domain.windows import (
     hour_info,
 )
 from processor.store.keys import Keys
-from processor.store.run_queries import RunQueries
+from processor.store.tree_totals import TreeReader
 
 _FIELDS = (F_COST_TOTAL, F_TOKENS_TOTAL, F_TOOL_OK, F_TOOL_FAIL)
 
@@ -28,17 +28,18 @@ class BudgetQueries:
         self,
         redis: Redis,
         keys: Keys,
-        runs: RunQueries,
         rules: Sequence[AlertRule],
         *,
         depth_limit: int,
+        children_limit: int,
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._runs = runs
         self._user_rules = [r for r in rules if r.subject == "user"]
         self._run_rules = [r for r in rules if r.subject == "run"]
-        self._depth_limit = depth_limit
+        self._trees = TreeReader(
+            redis, keys, depth_limit=depth_limit, children_limit=children_limit
+        )
 
     async def user(self, tenant: str, user_id: str, now_ms: int) -> list[Budget]:
         """Every user rule on the hour, day and month containing ``now_ms`` (UTC)."""
@@ -77,16 +78,8 @@ class BudgetQueries:
         it, each once, cycles cut (the tree of ``tokensIncludingSubAgents``)."""
         if not self._run_rules:
             return []
-        tree = await self._runs.get_tree(tenant, run_id, self._depth_limit)
-        ok = failed = cost = tokens = 0
-        for r in tree:
-            cost += r.cost_pico
-            tokens += r.tokens.total
-            for stats in r.tools.values():
-                ok += stats.successful
-                failed += stats.failed
-        totals = Totals(cost, tokens, ok, failed)
-        start = tree[0].started_at if tree else None
+        totals, node = await self._trees.totals(tenant, run_id)
+        start = node.started if node is not None else None
         return [
             budget(rule, ("run", run_id), ("run", start, None), totals) for rule in self._run_rules
         ]

@@ -13,6 +13,8 @@ Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 - ``p:run:t:<runId>``           hash: the run's own rollup counters (see domain.rollup)
 - ``p:runkids:t:<runId>``       sorted set, all scores 0 (so ordered by id): sub-agent run ids
                                 referenced by the run; read in capped ranges
+- ``p:runparents:t:<runId>``   set: the runs whose ``subagent`` entries name this run (what
+                                run-tree alerts walk up)
 - ``p:runentries:t:<runId>``    hash: entry id -> accepted entry JSON (TTL retention)
 - ``p:runidx:t:<runId>``        sorted set: entry id scored by timestamp, so ordered by
                                 (timestamp, id); expires with ``runentries``
@@ -86,6 +88,9 @@ class Keys:
 
     def run_children(self, tenant: str, run_id: str) -> str:
         return f"{self.prefix}:runkids:{part(tenant)}:{part(run_id)}"
+
+    def run_parents(self, tenant: str, run_id: str) -> str:
+        return f"{self.prefix}:runparents:{part(tenant)}:{part(run_id)}"
 
     def run_entries(self, tenant: str, run_id: str) -> str:
         return f"{self.prefix}:runentries:{part(tenant)}:{part(run_id)}"

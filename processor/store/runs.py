@@ -186,9 +186,14 @@ class RunStore:
         plan.calls = self._encode(plan)
         return plan
 
-    async def execute(self, plan: ApplyPlan, offsets: OffsetUpdate | None = None) -> ApplyResult:
+    async def execute(
+        self, plan: ApplyPlan, offsets: OffsetUpdate | None = None, *, write_offsets: bool = True
+    ) -> ApplyResult:
         """The I/O part of ``apply``; may be called again after it raised (Redis away):
         it goes on from what is resolved.
+
+        ``write_offsets=False`` checks the offsets without moving them (the caller has
+        more to do before the partitions may move on, then calls ``write_offsets``).
 
         With ``offsets``, they are checked by every call (``StaleOffsets`` when Redis
         lost them) and written by the call that completes the batch when nothing had to
@@ -198,7 +203,7 @@ class RunStore:
         for _ in range(_MAX_ROUNDS):
             if plan.done:
                 return plan.result
-            await self._round(plan, offsets)
+            await self._round(plan, offsets, write_offsets)
         raise RuntimeError("could not apply batch: entry ids kept conflicting")
 
     async def write_offsets(self, offsets: OffsetUpdate) -> None:
@@ -231,7 +236,9 @@ class RunStore:
             exists, values = await pipe.execute()
         return bool(exists), [None if v is None else int(v) for v in values]
 
-    async def _round(self, plan: ApplyPlan, offsets: OffsetUpdate | None) -> None:
+    async def _round(
+        self, plan: ApplyPlan, offsets: OffsetUpdate | None, write_offsets: bool = True
+    ) -> None:
         calls = plan.calls if plan.calls is not None else self._encode(plan)
         plan.calls = None
         result = plan.result
@@ -242,7 +249,8 @@ class RunStore:
         try:
             for ci, call in enumerate(calls):
                 write = (
-                    offsets is not None
+                    write_offsets
+                    and offsets is not None
                     and ci == len(calls) - 1
                     and clean
                     and not result.overflowed
@@ -473,6 +481,7 @@ class RunStore:
             d.max_ts,
             sorted(d.children),
             [ts for _, ts, _ in d.entries],
+            [k.run_parents(t, c) for c in sorted(d.children)],
         ]
 
 

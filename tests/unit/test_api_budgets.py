@@ -50,7 +50,7 @@ async def client_for(redis: Redis, prefix: str) -> Any:
             runs=queries,
             registry=CollectorRegistry(),
             readiness=ready_probe(),
-            budgets=BudgetQueries(redis, Keys(prefix), queries, RULES, depth_limit=64),
+            budgets=BudgetQueries(redis, Keys(prefix), RULES, depth_limit=64, children_limit=1000),
             clock=lambda: NOW,
         ),
     )
