@@ -34,10 +34,12 @@ _RANK = {"ok": 0, "warning": 1, "critical": 2}
 
 
 _FIRE_LUA = """
-local fired = {}
+local fired, known = {}, {}
 for i, a in ipairs(cmsgpack.unpack(ARGV[1])) do
   local marker, record, text, id, at = a[1], a[2], a[3], a[4], a[5]
-  if redis.call('EXISTS', marker) == 0 then
+  if redis.call('EXISTS', marker) == 1 then
+    known[#known + 1] = id
+  else
     redis.call('SET', marker, '1')
     redis.call('SET', record, text, 'PX', a[6])
     for _, index in ipairs(a[7]) do
@@ -48,10 +50,12 @@ for i, a in ipairs(cmsgpack.unpack(ARGV[1])) do
     fired[#fired + 1] = id
   end
 end
-return fired
+return {fired, known}
 """
 
 
+# A run's window is its lifetime: its id must not depend on startedAt, which an entry
+# arriving late with an earlier timestamp moves (the message still carries it).
 class RunAlerts:
     def __init__(
         self,
@@ -76,6 +80,8 @@ class RunAlerts:
         self._fire = redis.register_script(_FIRE_LUA)
         # (tenant, run) whose every level of every rule has fired: nothing left to decide
         self._done: set[tuple[str, str]] = set()
+        # alert ids known to have fired (their marker is set): not asked again
+        self._fired: set[str] = set()
 
     async def evaluate(
         self, entries: Sequence[AcceptedEntry], accepted: set[str], now_ms: int
@@ -103,6 +109,9 @@ class RunAlerts:
         if not subjects:
             return 0
         graph = await self._trees.read_graph(tenant, subjects)
+        by_run: dict[str, list[tuple[int, AcceptedEntry]]] = {}
+        for i, e in enumerate(batch):
+            by_run.setdefault(e.run_id, []).append((i, e))
         alerts = []
         for run in subjects:
             node = graph.get(run)
@@ -117,15 +126,26 @@ class RunAlerts:
                     if reached < _RANK[lv]:
                         all_fired = False
                         continue
+                    aid = alert_id(tenant, rule.name, "run", run, "run", 0, lv)
+                    if aid in self._fired:
+                        continue
+                    mine = sorted(
+                        (pair for m in members for pair in by_run.get(m, ())),
+                        key=lambda pair: pair[0],
+                    )
                     alerts.append(
-                        self._alert(tenant, run, node, rule, lv, threshold, totals, members,
-                                    batch, accepted, now_ms)
+                        self._alert(tenant, run, node, rule, lv, threshold, totals,
+                                    [e for _, e in mine] or batch[-1:], accepted, now_ms)
                     )  # fmt: skip
             if all_fired:
                 self._done.add((tenant, run))
         if not alerts:
             return 0
-        fired = await self._fire(keys=[], args=[msgpack.packb(alerts)])
+        fired, known = await self._fire(keys=[], args=[msgpack.packb(alerts)])
+        if len(self._fired) > 100_000:
+            self._fired.clear()
+        self._fired.update(fired)
+        self._fired.update(known)
         return len(fired)
 
     def _alert(
@@ -137,13 +157,12 @@ class RunAlerts:
         level: str,
         threshold: Decimal,
         totals: Totals,
-        members: set[str],
-        batch: list[AcceptedEntry],
+        mine: list[AcceptedEntry],
         accepted: set[str],
         now_ms: int,
     ) -> list[object]:
-        entry_id, value = _crossing(rule, level, totals, members, batch, accepted)
-        aid = alert_id(tenant, rule.name, "run", run, "run", node.started or 0, level)
+        entry_id, value = _crossing(rule, level, totals, mine, accepted)
+        aid = alert_id(tenant, rule.name, "run", run, "run", 0, level)
         text = plain(value) or "0"
         alert = {
             "alertId": aid,
@@ -200,16 +219,15 @@ def _crossing(
     rule: AlertRule,
     level: str,
     after: Totals,
-    members: set[str],
-    batch: list[AcceptedEntry],
+    mine: list[AcceptedEntry],
     accepted: set[str],
 ) -> tuple[str, Decimal]:
     """The entry of the batch (in batch order) whose application made ``level`` hold, and
     the tree's value right after it: the tree's total before the batch is its total now
     minus what the batch's applied entries in it added. When that does not add up (the
     batch linked a sub-tree in, or another worker wrote to the tree meanwhile, or this is
-    a replay), the batch's last entry in the tree and the value now."""
-    mine = [e for e in batch if e.run_id in members]
+    a replay), the batch's last entry in the tree and the value now. ``mine`` is the
+    batch's entries in the tree, in batch order (never empty)."""
     added = [e for e in mine if e.entry_id in accepted]
     cost = sum(e.cost_pico for e in added)
     tokens = sum(e.tokens.total for e in added if e.tokens is not None)
@@ -232,5 +250,4 @@ def _crossing(
         )
         if _RANK[level_of(rule, running)] >= target > _RANK[level_of(rule, before)]:
             return e.entry_id, observed(rule, running)
-    last = mine[-1] if mine else batch[-1]
-    return last.entry_id, observed(rule, after)
+    return mine[-1].entry_id, observed(rule, after)

@@ -55,7 +55,7 @@ class TreeReader:
         k, last = self._keys, self._children - 1
         graph: Graph = {}
         frontier = list(roots)
-        cut = 0
+        full: list[str] = []  # runs with children_limit children read: maybe more
         for _ in range(self._depth + 1):
             frontier = [r for r in frontier if r not in graph]
             if not frontier or len(graph) >= MAX_NODES:
@@ -64,22 +64,28 @@ class TreeReader:
                 for run in frontier:
                     pipe.hmget(k.run(tenant, run), _FIELDS)
                     pipe.zrange(k.run_children(tenant, run), 0, last)
-                    pipe.zcard(k.run_children(tenant, run))
                 replies = await pipe.execute()
             nxt: list[str] = []
             for i, run in enumerate(frontier):
-                values, children, count = replies[3 * i : 3 * i + 3]
+                values, children = replies[2 * i : 2 * i + 2]
                 if values[4] is None and values[5] is None:
                     continue  # not (yet) known: its entries may come after its parent's
                 cost, tokens, ok, failed = (int(v or 0) for v in values[:4])
                 started = int(values[5]) if values[5] is not None else None
                 graph[run] = Node(list(children), Totals(cost, tokens, ok, failed),
                                    values[4] or "", started)  # fmt: skip
-                cut += int(count) - len(children)
+                if len(children) == self._children:
+                    full.append(run)
                 nxt.extend(children)
             frontier = nxt
-        if cut and self._metrics is not None:
-            self._metrics.children_cut.inc(cut)
+        if full and self._metrics is not None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run in full:
+                    pipe.zcard(k.run_children(tenant, run))
+                counts = await pipe.execute()
+            cut = sum(int(c) for c in counts) - self._children * len(full)
+            if cut:
+                self._metrics.children_cut.inc(cut)
         return graph
 
     def members(self, root: str, graph: Graph) -> set[str]:
