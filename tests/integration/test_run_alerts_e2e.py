@@ -167,7 +167,8 @@ class TreeTruth:
         return out
 
     def alert_id(self, rule: Rule, run: str, level: str) -> str:
-        return alert_id(TENANT, rule.name, "run", run, "run", self.started[run], level)
+        # a run's window is its lifetime: the id does not depend on its startedAt
+        return alert_id(TENANT, rule.name, "run", run, "run", 0, level)
 
 
 # --- entries ----------------------------------------------------------------------------------
