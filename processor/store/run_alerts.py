@@ -28,7 +28,7 @@ from processor.domain.rollup import AcceptedEntry
 from processor.metrics import UsageMetrics
 from processor.store.keys import Keys
 from processor.store.runs import ALERTS_OUTBOX
-from processor.store.tree_totals import MAX_NODES, Node, TreeReader, sum_totals
+from processor.store.tree_totals import Node, TreeReader, sum_totals
 
 _RANK = {"ok": 0, "warning": 1, "critical": 2}
 
@@ -103,12 +103,10 @@ class RunAlerts:
         self, tenant: str, batch: list[AcceptedEntry], accepted: set[str], now_ms: int
     ) -> int:
         touched = list(dict.fromkeys(e.run_id for e in batch))
-        subjects = [
-            r for r in await self._with_ancestors(tenant, touched) if (tenant, r) not in self._done
-        ]
+        graph, starts = await self._trees.read_graph(tenant, touched, with_ancestors=True)
+        subjects = [r for r in starts if (tenant, r) not in self._done]
         if not subjects:
             return 0
-        graph = await self._trees.read_graph(tenant, subjects)
         by_run: dict[str, list[tuple[int, AcceptedEntry]]] = {}
         for i, e in enumerate(batch):
             by_run.setdefault(e.run_id, []).append((i, e))
@@ -194,25 +192,6 @@ class RunAlerts:
             k.outbox(ALERTS_OUTBOX),
             run,
         ]
-
-    async def _with_ancestors(self, tenant: str, runs: list[str]) -> list[str]:
-        """``runs`` and every run that reaches one of them, within the depth limit."""
-        seen = dict.fromkeys(runs)
-        frontier = list(runs)
-        for _ in range(self._depth):
-            if not frontier or len(seen) >= MAX_NODES:
-                break
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run in frontier:
-                    pipe.smembers(self._keys.run_parents(tenant, run))
-                replies = await pipe.execute()
-            frontier = []
-            for parents in replies:
-                for p in sorted(parents):
-                    if p not in seen:
-                        seen[p] = None
-                        frontier.append(p)
-        return list(seen)
 
 
 def _crossing(

@@ -8,19 +8,77 @@ Reads only each run's total counters and children, not its whole rollup, so a tr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import msgpack  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from processor.domain.budgets import Totals
-from processor.domain.windows import F_COST_TOTAL, F_TOKENS_TOTAL, F_TOOL_FAIL, F_TOOL_OK
 from processor.metrics import UsageMetrics
-from processor.store.keys import Keys
+from processor.store.keys import Keys, part
 
 #: Runs read per walk at most (whatever the limits allow, a walk stays bounded).
 MAX_NODES = 20_000
-_FIELDS = [F_COST_TOTAL, F_TOKENS_TOTAL, F_TOOL_OK, F_TOOL_FAIL, "user", "ts0"]
+
+# ARGV: roots (msgpack), run / children / parents key prefixes (tenant included), levels up,
+# levels down, children per run, node cap. Returns, as JSON (the client decodes replies as
+# text): [{run: [ct, tt, to, tf, user, ts0, children]}, children cut, the roots and their
+# ancestors]. Run ids are escaped as keys.part does.
+_WALK_LUA = """
+local roots = cmsgpack.unpack(ARGV[1])
+local run_p, kids_p, parents_p = ARGV[2], ARGV[3], ARGV[4]
+local up, down, limit, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+  tonumber(ARGV[8])
+local function part(s) return (string.gsub(string.gsub(s, '%%', '%%25'), ':', '%%3A')) end
+local seen, frontier, count = {}, {}, 0
+for _, r in ipairs(roots) do
+  if not seen[r] then seen[r] = true; frontier[#frontier + 1] = r; count = count + 1 end
+end
+local starts = {}
+for _, r in ipairs(frontier) do starts[#starts + 1] = r end
+for _ = 1, up do
+  if #frontier == 0 or count >= cap then break end
+  local nxt = {}
+  for _, r in ipairs(frontier) do
+    for _, p in ipairs(redis.call('SMEMBERS', parents_p .. part(r))) do
+      if not seen[p] then
+        seen[p] = true; nxt[#nxt + 1] = p; starts[#starts + 1] = p; count = count + 1
+      end
+    end
+  end
+  frontier = nxt
+end
+local nodes, cut, read = {}, 0, 0
+frontier = starts
+for _ = 0, down do
+  if #frontier == 0 or read >= cap then break end
+  local nxt = {}
+  for _, r in ipairs(frontier) do
+    if nodes[r] == nil then
+      local v = redis.call('HMGET', run_p .. part(r), 'ct', 'tt', 'to', 'tf', 'user', 'ts0')
+      read = read + 1
+      if v[5] or v[6] then
+        local key = kids_p .. part(r)
+        local children = redis.call('ZRANGE', key, 0, limit - 1)
+        if #children == limit then cut = cut + redis.call('ZCARD', key) - limit end
+        nodes[r] = {v[1] or '', v[2] or '', v[3] or '', v[4] or '', v[5] or '', v[6] or '',
+                    children}
+        for _, c in ipairs(children) do
+          if nodes[c] == nil then nxt[#nxt + 1] = c end
+        end
+      else
+        nodes[r] = false
+      end
+    end
+  end
+  frontier = nxt
+end
+local out = {}
+for r, n in pairs(nodes) do if n then out[r] = n end end
+return cjson.encode({out, cut, starts})
+"""
 
 
 @dataclass(slots=True)
@@ -49,44 +107,42 @@ class TreeReader:
         self._depth = depth_limit
         self._children = children_limit
         self._metrics = metrics
+        self._walk = redis.register_script(_WALK_LUA)
 
-    async def read_graph(self, tenant: str, roots: Sequence[str]) -> Graph:
-        """Children and own totals of every run within the depth limit below ``roots``."""
-        k, last = self._keys, self._children - 1
+    async def read_graph(
+        self, tenant: str, roots: Sequence[str], *, with_ancestors: bool = False
+    ) -> tuple[Graph, list[str]]:
+        """Children and own totals of every run within the depth limit below ``roots``
+        (and, ``with_ancestors``, below every run that reaches one of them, within the
+        depth limit); and the roots with those ancestors. One script call walks it
+        server-side, so a tree of 100 runs costs one round trip."""
+        k = self._keys
+        t = part(tenant)
+        reply = await self._walk(
+            keys=[],
+            args=[
+                msgpack.packb(list(roots)),
+                f"{k.prefix}:run:{t}:",
+                f"{k.prefix}:runkids:{t}:",
+                f"{k.prefix}:runparents:{t}:",
+                self._depth if with_ancestors else 0,
+                self._depth,
+                self._children,
+                MAX_NODES,
+            ],
+        )
+        nodes, cut, starts = json.loads(reply)
         graph: Graph = {}
-        frontier = list(roots)
-        full: list[str] = []  # runs with children_limit children read: maybe more
-        for _ in range(self._depth + 1):
-            frontier = [r for r in frontier if r not in graph]
-            if not frontier or len(graph) >= MAX_NODES:
-                break
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run in frontier:
-                    pipe.hmget(k.run(tenant, run), _FIELDS)
-                    pipe.zrange(k.run_children(tenant, run), 0, last)
-                replies = await pipe.execute()
-            nxt: list[str] = []
-            for i, run in enumerate(frontier):
-                values, children = replies[2 * i : 2 * i + 2]
-                if values[4] is None and values[5] is None:
-                    continue  # not (yet) known: its entries may come after its parent's
-                cost, tokens, ok, failed = (int(v or 0) for v in values[:4])
-                started = int(values[5]) if values[5] is not None else None
-                graph[run] = Node(list(children), Totals(cost, tokens, ok, failed),
-                                   values[4] or "", started)  # fmt: skip
-                if len(children) == self._children:
-                    full.append(run)
-                nxt.extend(children)
-            frontier = nxt
-        if full and self._metrics is not None:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run in full:
-                    pipe.zcard(k.run_children(tenant, run))
-                counts = await pipe.execute()
-            cut = sum(int(c) for c in counts) - self._children * len(full)
-            if cut:
-                self._metrics.children_cut.inc(cut)
-        return graph
+        for run, (cost, tokens, ok, failed, user, started, children) in nodes.items():
+            graph[run] = Node(
+                children if isinstance(children, list) else [],  # cjson: {} for empty
+                Totals(int(cost or 0), int(tokens or 0), int(ok or 0), int(failed or 0)),
+                user or "",
+                int(started) if started else None,
+            )
+        if cut and self._metrics is not None:
+            self._metrics.children_cut.inc(cut)
+        return graph, list(starts) if isinstance(starts, list) else []
 
     def members(self, root: str, graph: Graph) -> set[str]:
         """The runs of ``root``'s tree as the rollup API walks it: breadth-first, each
@@ -107,7 +163,7 @@ class TreeReader:
 
     async def totals(self, tenant: str, run_id: str) -> tuple[Totals, Node | None]:
         """The tree's totals and the run's own node (None: unknown run)."""
-        graph = await self.read_graph(tenant, [run_id])
+        graph, _ = await self.read_graph(tenant, [run_id])
         node = graph.get(run_id)
         if node is None:
             return Totals(), None
