@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, NoReturn, cast, get_args
 
@@ -70,11 +71,16 @@ class AlertRule:
         """The critical threshold in the store's units (None for toolFailureRate)."""
         return _units(self.metric, self.critical)
 
-    @property
+    @cached_property
     def levels(self) -> tuple[tuple[Level, Decimal], ...]:
         """The configured levels and their thresholds, warning first."""
         pairs = ((lv, t) for lv, t in zip(_LEVELS, (self.warning, self.critical), strict=True))
         return tuple((lv, t) for lv, t in pairs if t is not None)
+
+    @cached_property
+    def level_units(self) -> tuple[tuple[Level, Decimal, int | None], ...]:
+        """``levels`` with each threshold in the store's units (None for a rate)."""
+        return tuple((lv, t, _units(self.metric, t)) for lv, t in self.levels)
 
 
 def _units(metric: Metric, threshold: Decimal | None) -> int | None:

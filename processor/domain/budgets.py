@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from processor.domain.alert_rules import AlertRule, failure_rate_reached
-from processor.domain.money import PICO_PER_USD
 
 RATE_PLACES = Decimal("0.000001")
 
@@ -62,19 +61,16 @@ def observed(rule: AlertRule, t: Totals) -> Decimal:
 def level_of(rule: AlertRule, t: Totals) -> str:
     """The highest level whose threshold the totals reach (exact comparisons)."""
     reached = "ok"
-    for level, threshold in rule.levels:
-        if _reaches(rule, t, threshold):
+    value = t.cost_pico if rule.metric == "costUsd" else t.tokens
+    for level, threshold, units in rule.level_units:
+        if units is not None:
+            hit = value >= units
+        else:
+            calls = t.tool_ok + t.tool_failed
+            hit = calls >= rule.min_calls and failure_rate_reached(t.tool_failed, calls, threshold)
+        if hit:
             reached = level
     return reached
-
-
-def _reaches(rule: AlertRule, t: Totals, threshold: Decimal) -> bool:
-    if rule.metric == "costUsd":
-        return bool(Decimal(t.cost_pico) >= threshold * PICO_PER_USD)
-    if rule.metric == "tokens":
-        return bool(t.tokens >= threshold)
-    calls = t.tool_ok + t.tool_failed
-    return calls >= rule.min_calls and failure_rate_reached(t.tool_failed, calls, threshold)
 
 
 def budget(
