@@ -340,13 +340,13 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
 
 
-async def _cleanup(settings: Settings) -> None:
+async def cleanup_keys(settings: Settings) -> None:
     redis = Redis.from_url(settings.redis_url)
     try:
         async for key in redis.scan_iter(match=Keys(settings.key_prefix).pattern_all(), count=1000):
@@ -407,7 +407,7 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
         print(f"pipeline (validated, priced, de-duplicated, in Redis): {pipeline:,.0f} entries/s")
         print(f"ratio pipeline / raw ceiling: {pipeline / raw:.3f}")
         latencies = asyncio.run(_latency(settings, rate, latency_seconds))
-        p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
         print(
             f"produce-to-visible latency at {rate}/s for {latency_seconds:.0f}s "
             f"({len(latencies)} probes): p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
@@ -429,13 +429,13 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
         alerts, from_send, expected = asyncio.run(_alert_latency(settings, rate, latency_seconds))
         if not alerts:
             raise RuntimeError(f"no alert consumed; see {log_path}")
-        p50, p99 = _percentile(alerts, 0.5), _percentile(alerts, 0.99)
+        p50, p99 = percentile(alerts, 0.5), percentile(alerts, 0.99)
         print(
             f"produce-to-alert-consumed latency (read_committed) at {rate}/s for "
             f"{latency_seconds:.0f}s ({len(alerts)} of {expected} alerts): "
             f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; of which relay send to "
-            f"consumed p50 {_percentile(from_send, 0.5) * 1000:.0f} ms, "
-            f"p99 {_percentile(from_send, 0.99) * 1000:.0f} ms"
+            f"consumed p50 {percentile(from_send, 0.5) * 1000:.0f} ms, "
+            f"p99 {percentile(from_send, 0.99) * 1000:.0f} ms"
         )
         result.update(
             alerts=len(alerts),
@@ -446,7 +446,7 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
         pages = asyncio.run(
             _entries_page_latency(settings, worker.url, entries=_BIG_RUN, requests=200)
         )
-        p50, p99 = _percentile(pages, 0.5), _percentile(pages, 0.99)
+        p50, p99 = percentile(pages, 0.5), percentile(pages, 0.99)
         print(
             f"entries page (limit 100, random offset) of a run with {_BIG_RUN:,} entries, "
             f"{len(pages)} requests over HTTP: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
@@ -456,5 +456,5 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
     finally:
         worker.stop()
         rules_dir.cleanup()
-        asyncio.run(_cleanup(settings))
+        asyncio.run(cleanup_keys(settings))
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from processor.bench import cleanup_keys, percentile
 from processor.domain.accept import accept_entry
 from processor.domain.pricing import PriceCatalog, load_catalog
 from processor.domain.rollup import AcceptedEntry
@@ -201,20 +202,6 @@ async def _generate(url: str) -> tuple[float, int]:
     return elapsed, len(body["invoices"])
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-async def _cleanup(settings: Settings) -> None:
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        async for key in redis.scan_iter(match=Keys(settings.key_prefix).pattern_all(), count=1000):
-            await redis.unlink(key)
-    finally:
-        await redis.aclose()
-
-
 def run_read_bench(settings: Settings) -> int:
     settings = with_local_stack(settings)
     tag = f"benchr-{uuid.uuid4().hex[:8]}"
@@ -265,7 +252,7 @@ def run_read_bench(settings: Settings) -> int:
         }
         for name, (url, params) in reads.items():
             lat = asyncio.run(_latencies(url, params))
-            p50, p99 = _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000
+            p50, p99 = percentile(lat, 0.5) * 1000, percentile(lat, 0.99) * 1000
             print(f"{name:<10} {_REQUESTS} requests over HTTP: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
             result[f"{name}P50Ms"], result[f"{name}P99Ms"] = round(p50, 2), round(p99, 2)
         url = f"{worker.url}/v1/billing/{period}/invoices"
@@ -288,7 +275,7 @@ def run_read_bench(settings: Settings) -> int:
         for name, params in budget_reads.items():
             asyncio.run(_check_budget(url, params, budget_tokens))
             lat = asyncio.run(_latencies(url, params))
-            p50, p99 = _pct(lat, 0.5) * 1000, _pct(lat, 0.99) * 1000
+            p50, p99 = percentile(lat, 0.5) * 1000, percentile(lat, 0.99) * 1000
             print(
                 f"{name:<13} ({BUDGET_RUNS}-run tree) {_REQUESTS} requests over HTTP: "
                 f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
@@ -297,5 +284,5 @@ def run_read_bench(settings: Settings) -> int:
         print("result " + json.dumps(result))
     finally:
         worker.stop()
-        asyncio.run(_cleanup(settings))
+        asyncio.run(cleanup_keys(settings))
     return 0

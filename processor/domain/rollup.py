@@ -117,6 +117,19 @@ class TokenCounts:
         return dict(zip(TOKEN_TYPES, self.as_tuple(), strict=True))
 
 
+def stored_counts(d: Mapping[str, int]) -> TokenCounts:
+    """TokenCounts from the stored token types of one model (or agent) of a hash."""
+    prompt, completion = d.get("prompt", 0), d.get("completion", 0)
+    return TokenCounts(
+        prompt,
+        completion,
+        d.get("reasoning", 0),
+        d.get("cached", 0),
+        d.get("cacheWrite", 0),
+        prompt + completion + d.get("totalExtra", 0),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CallStats:
     calls: int = 0
@@ -483,17 +496,6 @@ class RunRollup:
                 bucket = custom.setdefault(ctype, {})
                 bucket[cname] = bucket.get(cname, 0) + int(raw)
 
-        def counts(d: dict[str, int]) -> TokenCounts:
-            prompt, completion = d.get("prompt", 0), d.get("completion", 0)
-            return TokenCounts(
-                prompt,
-                completion,
-                d.get("reasoning", 0),
-                d.get("cached", 0),
-                d.get("cacheWrite", 0),
-                prompt + completion + d.get("totalExtra", 0),
-            )
-
         def stats(d: dict[str, int]) -> CallStats:
             ok, fail = d.get("ok", 0), d.get("fail", 0)
             return CallStats(ok + fail, ok, fail, d.get("us", 0))
@@ -508,7 +510,7 @@ class RunRollup:
             entry_count=int(fields.get(F_COUNT, "0")),
             started_at=int(started) if started is not None else None,
             last_updated_at=int(updated) if updated is not None else None,
-            tokens_by_model={m: counts(d) for m, d in sorted(tokens.items())},
+            tokens_by_model={m: stored_counts(d) for m, d in sorted(tokens.items())},
             cost_by_model={m: cost.get(m, 0) for m in sorted(tokens)},
             tools={n: stats(d) for n, d in sorted(calls[T_TOOL].items())},
             subagents={n: stats(d) for n, d in sorted(calls[T_SUBAGENT].items())},

@@ -24,6 +24,7 @@ from processor.domain.rollup import (
     TokenCounts,
     field_name,
     parse_field,
+    stored_counts,
     token_fields,
 )
 
@@ -303,31 +304,22 @@ class WindowUsage:
             elif name == F_TOOL_FAIL:
                 usage.tool_fail = int(raw)
         models = sorted(tokens.keys() | cost.keys())
-        usage.tokens_by_model = {m: _counts(tokens.get(m, {})) for m in models}
+        usage.tokens_by_model = {m: stored_counts(tokens.get(m, {})) for m in models}
         usage.cost_by_model = {m: cost.get(m, 0) for m in models}
         agents = agent_tokens.keys() | agent_cost.keys() | agent_calls.keys()
         usage.agents = sorted(
             (
                 AgentUsage(
-                    a, _counts(agent_tokens.get(a, {})), agent_cost.get(a, 0), agent_calls.get(a, 0)
+                    a,
+                    stored_counts(agent_tokens.get(a, {})),
+                    agent_cost.get(a, 0),
+                    agent_calls.get(a, 0),
                 )
                 for a in agents
             ),
             key=lambda u: (-u.cost_pico, u.agent),
         )
         return usage
-
-
-def _counts(d: Mapping[str, int]) -> TokenCounts:
-    prompt, completion = d.get("prompt", 0), d.get("completion", 0)
-    return TokenCounts(
-        prompt,
-        completion,
-        d.get("reasoning", 0),
-        d.get("cached", 0),
-        d.get("cacheWrite", 0),
-        prompt + completion + d.get("totalExtra", 0),
-    )
 
 
 def late_windows(ts: int, now_ms: int, keep: Retention) -> tuple[str, ...]:
