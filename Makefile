@@ -15,10 +15,11 @@ MYPY_TARGETS ?= processor schemas usage_client
 PY_SOURCES := processor schemas usage_client tests tools
 
 .PHONY: help install demo test unit integration lint format bench schemas stack-up stack-down \
-        stack-status stack-env clean
+        stack-status stack-env clean debian-tools
 
 help:
-	@echo "make install       virtualenv, package (editable, with dev tools), Kafka jars, redis-server,"
+	@echo "make install       virtualenv, package (editable, with dev tools), Kafka jars, redis-server,
+	@echo "                   promtool + prometheus, kubectl (Debian packages),""
 	@echo "                   the TypeScript client's node_modules"
 	@echo "make demo          local stack + worker + simulated agents, live rollups and alerts"
 	@echo "make test          every test, the integration ones against the real Kafka and Redis"
@@ -42,7 +43,19 @@ TS_STAMP := $(TS_CLIENT)/node_modules/.package-lock.json
 $(TS_STAMP): $(TS_CLIENT)/package-lock.json
 	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
 
-install: $(PIP_STAMP) $(TS_STAMP)
+# Operator tools the tests use: promtool and prometheus (the alerting rules and the
+# dashboard's queries are tested against them), kubectl (the manifests are rendered).
+DEB_TOOLS := prometheus:promtool kubernetes-client:kubectl
+
+debian-tools:
+	@missing=""; for pair in $(DEB_TOOLS); do \
+	  command -v "$${pair#*:}" >/dev/null || missing="$$missing $${pair%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+install: $(PIP_STAMP) $(TS_STAMP) debian-tools
 	$(BIN)/usage-stream stack install
 
 demo: install
