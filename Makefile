@@ -18,8 +18,8 @@ PY_SOURCES := processor schemas usage_client tests tools
         stack-status stack-env clean debian-tools
 
 help:
-	@echo "make install       virtualenv, package (editable, with dev tools), Kafka jars, redis-server,
-	@echo "                   promtool + prometheus, kubectl (Debian packages),""
+	@echo "make install       virtualenv, package (editable, with dev tools), Kafka jars, redis-server,"
+	@echo "                   promtool + prometheus, kubectl (Debian packages),"
 	@echo "                   the TypeScript client's node_modules"
 	@echo "make demo          local stack + worker + simulated agents, live rollups and alerts"
 	@echo "make test          every test, the integration ones against the real Kafka and Redis"
