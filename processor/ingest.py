@@ -22,7 +22,6 @@ from processor.domain.rollup import AcceptedEntry
 from processor.domain.windows import Retention, late_windows
 from processor.metrics import ENTRY_KINDS, UNKNOWN, UsageMetrics
 from processor.settings import Settings
-from processor.store.run_alerts import RunAlerts
 from processor.store.runs import ApplyPlan, ApplyResult, OffsetUpdate, RunStore
 from schemas.deadletter import build_dead_letter, fit_dead_letter
 from schemas.entry import parse_entry
@@ -41,6 +40,7 @@ def _internal(m: RawMessage, exc: Exception) -> EntryRejected:
         m.offset,
         exc,
         exc_info=exc,
+        extra={"topic": m.topic, "partition": m.partition, "offset": m.offset},
     )
     return EntryRejected("internal", f"the processor failed on this message: {exc!r}", None)
 
@@ -79,6 +79,9 @@ class BatchOutcome:
     accepted: list[AcceptedEntry] = field(default_factory=list)
     duplicates: list[AcceptedEntry] = field(default_factory=list)
     rejected: int = 0
+    #: sub-agent runs the batch's run-tree evaluation did not follow (metrics)
+    children_cut: int = 0
+    depth_cut: int = 0
 
 
 @dataclass(slots=True)
@@ -97,7 +100,6 @@ class PreparedBatch:
     #: dead letters the store's verdict added (overflow, script failure), once known
     late_letters: list[tuple[bytes | None, bytes]] | None = None
     late_published: bool = False
-    run_alerts_done: bool = False
     outcome: BatchOutcome | None = None
 
 
@@ -131,11 +133,8 @@ class IngestPipeline:
         runs: RunStore,
         metrics: UsageMetrics,
         publish_dead_letters: DeadLetterPublisher,
-        run_alerts: RunAlerts | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
-        # run-tree rules are evaluated after the batch step and before its offsets move
-        self._run_alerts = run_alerts if run_alerts is not None and run_alerts.rules else None
         self._max_bytes = settings.max_entry_bytes
         self._retention = retention_of(settings)
         # only an entry older than the shortest retention can be late for a window
@@ -236,11 +235,10 @@ class IngestPipeline:
             batch.letters_published = True
         outcome = BatchOutcome()
         if batch.plan is not None:
-            applied = await self._runs.execute(
-                batch.plan, offsets, write_offsets=self._run_alerts is None
-            )
+            applied = await self._runs.execute(batch.plan, offsets)
             outcome.accepted = applied.accepted
             outcome.duplicates = applied.duplicates
+            outcome.children_cut, outcome.depth_cut = applied.children_cut, applied.depth_cut
             if batch.late_letters is None:
                 batch.late_letters = self._late_letters(batch, applied)
             offsets_written = applied.offsets_written
@@ -250,12 +248,6 @@ class IngestPipeline:
         if batch.late_letters and not batch.late_published:
             await self._publish_dead_letters(batch.late_letters)
             batch.late_published = True
-        if self._run_alerts is not None and batch.valid and not batch.run_alerts_done:
-            # all the batch's runs, duplicates too: a replay after a crash here finds its
-            # entries applied and must still evaluate their trees
-            accepted = {e.entry_id for e in outcome.accepted}
-            await self._run_alerts.evaluate(batch.valid, accepted, batch.now_ms)
-            batch.run_alerts_done = True
         if offsets is not None and not offsets_written:
             await self._runs.write_offsets(offsets)
         outcome.rejected = len(batch.letters) + len(batch.late_letters)
@@ -329,6 +321,10 @@ class IngestPipeline:
                 custom[e.custom_type] += 1
         for kind, n in kinds.items():
             m.entry(kind, "accepted", n)
+        if outcome.children_cut:
+            m.children_cut.inc(outcome.children_cut)
+        if outcome.depth_cut:
+            m.depth_cut.inc(outcome.depth_cut)
         for (model, provider), sums in per_model.items():
             for ttype, n in zip(_TOKEN_METRIC_TYPES, sums, strict=False):
                 m.tokens(model, provider, ttype, n)

@@ -29,7 +29,9 @@ def alert_id(
     >>> alert_id("default", "r", "user", "alice", "day", 0, "warning")[:4]
     'alt_'
     """
-    h = hashlib.sha256()
+    # SHA-1 because apply_batch.lua computes the ids of run-tree alerts with Redis'
+    # redis.sha1hex: an id, not a secret
+    h = hashlib.sha1()
     for part in ("alert", tenant, rule, subject_type, subject_id, kind, str(start), level):
         raw = part.encode()
         h.update(b"%d:" % len(raw))
@@ -99,6 +101,39 @@ def user_checks(
                 )
             )
     return sorted(out, key=lambda c: LEVELS.index(c.level))
+
+
+def run_checks(rules: Sequence[AlertRule]) -> list[list[object]]:
+    """The run rules as apply_batch.lua reads them (positional: metric code, level,
+    threshold, the rate's denominator, minCalls, rule, threshold text, metric), each rule's
+    warning first."""
+    out: list[list[object]] = []
+    for rule in rules:
+        if rule.subject != "run":
+            continue
+        for level in LEVELS:
+            value = rule.warning if level == "warning" else rule.critical
+            if value is None:
+                continue
+            if rule.metric == "toolFailureRate":
+                num, den = value.as_integer_ratio()
+            else:
+                units = rule.warning_units if level == "warning" else rule.critical_units
+                assert units is not None
+                num, den = units, 1
+            out.append(
+                [
+                    METRIC_CODES[rule.metric],
+                    level,
+                    _lua_number(num),
+                    den,
+                    rule.min_calls,
+                    rule.name,
+                    _plain(value),
+                    rule.metric,
+                ]
+            )
+    return out
 
 
 def _plain(value: Decimal) -> str:

@@ -80,6 +80,281 @@ local function holds(c, cost, tokens, ok, failed)
   return total >= c[5] and total > 0 and failed * c[4] >= threshold * total
 end
 
+-- Run-tree alerts (section 5b): every run a call touches, and every ancestor of one, is a
+-- subject whose tree (itself and every run reachable through sub-agent links, each once,
+-- cycles cut, at most `tree_depth` levels down, `tree_children` children per run) is
+-- evaluated against the run rules in the state right after the call, read before the
+-- call writes anything (its own increments and links added virtually). A level that holds
+-- and has not fired yet is attributed by replaying the call's entries in batch order on
+-- the state before it, so `entryId` and `observed` are exact whatever order parents and
+-- children arrive in and whichever workers apply them.
+local function part(s) return (string.gsub(string.gsub(s, '%%', '%%25'), ':', '%%3A')) end
+local function lp(s) return #s .. ':' .. s end
+-- processor.domain.alerts.alert_id, for a run's lifetime window (start 0)
+local function run_alert_id(tenant, rule, run, level)
+  return 'alt_' .. string.sub(redis.sha1hex(lp('alert') .. lp(tenant) .. lp(rule) .. lp('run')
+    .. lp(run) .. lp('run') .. lp('0') .. lp(level)), 1, 32)
+end
+
+local function run_tree_alerts(groups, fields, trees, control, now_ms)
+  local rules = control.run_rules
+  local depth, limit, cap = control.tree_depth, control.tree_children, control.tree_cap
+  local firing, cut, done = {}, {0, 0}, {}
+  local by_tenant = {}
+  for _, grp in ipairs(groups) do
+    local list = by_tenant[grp[1]] or {}
+    by_tenant[grp[1]] = list
+    list[#list + 1] = grp
+  end
+  for t, tgroups in pairs(by_tenant) do
+    local tr = trees[t]
+    local run_p, kids_p, parents_p, tenant = tr[1], tr[2], tr[3], tr[4]
+    -- what the call adds: per run its totals, its user and first timestamp, its links
+    local inc, call_user, call_ts0, call_kids, call_parents, touched = {}, {}, {}, {}, {}, {}
+    for _, grp in ipairs(tgroups) do
+      local run, incr = grp[8], grp[16]
+      local a = inc[run] or {0, 0, 0, 0}
+      inc[run] = a
+      for i = 1, #incr, 2 do
+        local name = fields[incr[i]]
+        if name == 'ct' then a[1] = a[1] + tonumber(incr[i + 1])
+        elseif name == 'tt' then a[2] = a[2] + tonumber(incr[i + 1])
+        elseif name == 'to' then a[3] = a[3] + tonumber(incr[i + 1])
+        elseif name == 'tf' then a[4] = a[4] + tonumber(incr[i + 1]) end
+      end
+      if not call_user[run] then touched[#touched + 1] = run end
+      call_user[run] = grp[13]
+      call_ts0[run] = math.min(call_ts0[run] or grp[17], grp[17])
+      local kids = call_kids[run] or {}
+      call_kids[run] = kids
+      for _, c in ipairs(grp[19]) do
+        kids[#kids + 1] = c
+        local ps = call_parents[c] or {}
+        call_parents[c] = ps
+        ps[#ps + 1] = run
+      end
+    end
+    -- the call's entries of the runs of a tree, in batch order; indexed by run the first
+    -- time a level fires
+    local by_run = nil
+    local function tree_events(members)
+      if not by_run then
+        by_run = {}
+        for _, grp in ipairs(tgroups) do
+          local run, ids = grp[8], grp[2]
+          local list = by_run[run] or {}
+          by_run[run] = list
+          -- per entry, flat: position in the batch, cost, tokens, 0 | 1 ok | 2 failed tool
+          -- call, linked run
+          local d = grp[22]
+          for i = 1, #ids do
+            local j = 5 * (i - 1)
+            list[#list + 1] = {d[j + 1], run, ids[i], tonumber(d[j + 2]), tonumber(d[j + 3]),
+                               d[j + 4], d[j + 5]}
+          end
+        end
+      end
+      local out = {}
+      for r in pairs(members) do
+        for _, e in ipairs(by_run[r] or {}) do out[#out + 1] = e end
+      end
+      table.sort(out, function(x, y) return x[1] < y[1] end)
+      return out
+    end
+
+    -- runs as read (before the call) and as they will be (after it), read at most once
+    local nodes, reads = {}, 0
+    local function node(r)
+      local n = nodes[r]
+      if n ~= nil then return n end
+      if reads >= cap then return false end
+      reads = reads + 1
+      local v = redis.call('HMGET', run_p .. part(r), 'ct', 'tt', 'to', 'tf', 'user', 'ts0')
+      local a = inc[r]
+      if not (v[5] or v[6] or a) then nodes[r] = false; return false end
+      local key = kids_p .. part(r)
+      local stored = redis.call('ZRANGE', key, 0, limit - 1)
+      local full = #stored == limit
+      if full then cut[1] = cut[1] + redis.call('ZCARD', key) - limit end
+      local is_stored, before, after = {}, {}, {}
+      for _, c in ipairs(stored) do is_stored[c] = true; before[#before + 1] = c end
+      for _, c in ipairs(stored) do after[#after + 1] = c end
+      local new = {}
+      for _, c in ipairs(call_kids[r] or {}) do
+        if not is_stored[c] and not new[c]
+            and (not full or not redis.call('ZSCORE', key, c)) then
+          new[c] = true
+          after[#after + 1] = c
+        end
+      end
+      if #after > limit then
+        table.sort(after)
+        for i = #after, limit + 1, -1 do after[i] = nil end
+      end
+      local b = {tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0,
+                 tonumber(v[4]) or 0}
+      a = a or {0, 0, 0, 0}
+      local ts0 = tonumber(v[6])
+      if call_ts0[r] and (ts0 == nil or call_ts0[r] < ts0) then ts0 = call_ts0[r] end
+      n = {before = b, after = {b[1] + a[1], b[2] + a[2], b[3] + a[3], b[4] + a[4]},
+           kids_before = before, kids_after = after, new = new,
+           user = v[5] or call_user[r] or '', ts0 = ts0 or 0}
+      nodes[r] = n
+      return n
+    end
+
+    -- the tree of `root`: breadth-first, each run once, at most `depth` levels down
+    local function tree(root, kids_of, totals_of)
+      local members, frontier = {[root] = true}, {root}
+      local x = totals_of(root)
+      local sum = {x[1], x[2], x[3], x[4]}
+      for level = 1, depth + 1 do
+        local nxt = {}
+        for _, r in ipairs(frontier) do
+          for _, c in ipairs(kids_of(r)) do
+            if not members[c] and node(c) then
+              if level > depth then return sum, members, true end
+              members[c] = true
+              nxt[#nxt + 1] = c
+              local y = totals_of(c)
+              sum[1], sum[2], sum[3], sum[4] = sum[1] + y[1], sum[2] + y[2], sum[3] + y[3],
+                sum[4] + y[4]
+            end
+          end
+        end
+        if #nxt == 0 then break end
+        frontier = nxt
+      end
+      return sum, members, false
+    end
+    local function after_kids(r) return node(r).kids_after end
+    local function after_totals(r) return node(r).after end
+
+    local function observed_text(c, s)
+      if c[1] == 'c' then return fmt_usd(s[1]) end
+      if c[1] == 't' then return fmt_int(s[2]) end
+      return fmt_rate(s[4], s[3] + s[4])
+    end
+
+    -- the call's entries replayed in batch order on the state before it: the first after
+    -- which `c` holds on `root`'s tree. Only entries of runs in the tree after the call
+    -- can count: links are only added, so the tree only grows during the replay.
+    local function crossing(root, c, members_after)
+      local evs = tree_events(members_after)
+      local extra, linked = {}, {}
+      local function kids_of(r)
+        local n = node(r)
+        local l = linked[r]
+        if not l then return n.kids_before end
+        local out = {}
+        for _, k in ipairs(n.kids_before) do out[#out + 1] = k end
+        for _, k in ipairs(l) do out[#out + 1] = k end
+        return out
+      end
+      local function totals_of(r)
+        local b, x = node(r).before, extra[r]
+        if not x then return b end
+        return {b[1] + x[1], b[2] + x[2], b[3] + x[3], b[4] + x[4]}
+      end
+      local sum, members = tree(root, kids_of, totals_of)
+      for _, e in ipairs(evs) do
+        local run = e[2]
+        local x = extra[run] or {0, 0, 0, 0}
+        extra[run] = x
+        local ok = e[6] == 1 and 1 or 0
+        local bad = e[6] == 2 and 1 or 0
+        x[1], x[2], x[3], x[4] = x[1] + e[4], x[2] + e[5], x[3] + ok, x[4] + bad
+        local child, relinked = e[7], false
+        if child and child ~= '' and node(run) and node(run).new[child] then
+          local l = linked[run] or {}
+          linked[run] = l
+          local already = false
+          for _, k in ipairs(l) do if k == child then already = true end end
+          if not already then l[#l + 1] = child; relinked = true end
+        end
+        if relinked and members[run] then
+          sum, members = tree(root, kids_of, totals_of)
+        elseif members[run] then
+          sum[1], sum[2], sum[3], sum[4] = sum[1] + e[4], sum[2] + e[5], sum[3] + ok,
+            sum[4] + bad
+        end
+        if members[run] and holds(c, sum[1], sum[2], sum[3], sum[4]) then
+          return e[3], observed_text(c, sum)
+        end
+      end
+      return nil, nil
+    end
+
+    -- subjects: the touched runs and their ancestors (links of this call included)
+    local subjects, is_subject = {}, {}
+    for _, r in ipairs(touched) do
+      if not is_subject[r] then is_subject[r] = true; subjects[#subjects + 1] = r end
+    end
+    local frontier = touched
+    for _ = 1, depth do
+      if #frontier == 0 or #subjects >= cap then break end
+      local nxt = {}
+      for _, r in ipairs(frontier) do
+        local ups = redis.call('SMEMBERS', parents_p .. part(r))
+        for _, p in ipairs(call_parents[r] or {}) do ups[#ups + 1] = p end
+        for _, p in ipairs(ups) do
+          if not is_subject[p] then
+            is_subject[p] = true; subjects[#subjects + 1] = p; nxt[#nxt + 1] = p
+          end
+        end
+      end
+      frontier = nxt
+    end
+
+    local fired = {}
+    for _, s in ipairs(subjects) do
+      -- a run whose every level of every rule has fired has nothing left to decide: its
+      -- tree is not walked again (the mark names the rules, so other rules start over)
+      local done_key = tr[10] .. part(s) .. ':' .. control.run_rules_tag
+      local n = redis.call('EXISTS', done_key) == 0 and node(s)
+      if n then
+        local sum, members, deep = tree(s, after_kids, after_totals)
+        if deep then cut[2] = cut[2] + 1 end
+        local all = true
+        for _, c in ipairs(rules) do
+          if not holds(c, sum[1], sum[2], sum[3], sum[4]) then
+            all = false
+          else
+            local id = run_alert_id(tenant, c[6], s, c[2])
+            local marker = tr[5] .. id
+            if not fired[id] and redis.call('EXISTS', marker) == 0 then
+              fired[id] = true
+              local entry_id, observed = crossing(s, c, members)
+              if not entry_id then
+                -- not reached by the replay (cannot happen): the tree's last entry
+                local evs = tree_events(members)
+                entry_id, observed = evs[#evs][3], observed_text(c, sum)
+              end
+              firing[#firing + 1] = {
+                marker = marker, record = tr[6] .. id, id = id, subject = s,
+                indexes = n.user ~= '' and {tr[7], tr[8] .. part(s), tr[9] .. part(n.user)}
+                  or {tr[7], tr[8] .. part(s)},
+                alert = {
+                  alertId = id, rule = c[6], level = c[2], tenantId = tenant,
+                  subject = {type = 'run', id = s},
+                  window = {kind = 'run', start = n.ts0, ['end'] = cjson.null},
+                  metric = c[8], observed = observed, threshold = c[7],
+                  triggeredAt = now_ms, entryId = entry_id,
+                  message = c[6] .. ': run ' .. s .. ' (with its sub-agents) reached ' ..
+                    observed .. ' ' .. c[8] .. ' (' .. c[2] .. ' threshold ' .. c[7] .. ')',
+                },
+              }
+            end
+          end
+        end
+        if all then done[#done + 1] = done_key end
+      end
+    end
+  end
+  return firing, cut, done
+end
+
+
 -- 1. offsets: Redis must still hold what this worker last wrote for each partition
 local offsets = control.offsets
 if offsets then
@@ -236,6 +511,13 @@ if failed or #need_detail > 0 then
                        applied = false})
 end
 
+-- 5b. run-tree alerts, decided on the state right after the call (nothing written yet)
+local tree_firing, tree_cut, tree_done = {}, {0, 0}, {}
+if control.run_rules then
+  tree_firing, tree_cut, tree_done = run_tree_alerts(groups, fields, groups_payload.trees,
+                                                     control, control.now_ms)
+end
+
 -- 6. writes: nothing below can fail
 local entry_ttl = control.entry_ttl
 local to_mark = {}
@@ -281,7 +563,7 @@ for _, item in ipairs(passed) do
     local kids = {}
     for _, c in ipairs(children) do kids[#kids + 1] = 0; kids[#kids + 1] = c end
     call_chunked('ZADD', h_kids, kids)
-    -- and the way back up, for run-tree alerts (processor/store/run_alerts.py)
+    -- and the way back up, for run-tree alerts (section 5b)
     for _, parents in ipairs(grp[21]) do redis.call('SADD', parents, run_id) end
   end
   -- raw entries and their (timestamp, id) index, kept for the retention period after
@@ -373,6 +655,22 @@ for _, f in ipairs(firing) do
              'at', fmt_int(now_ms))
 end
 
+for _, f in ipairs(tree_firing) do
+  local text = cjson.encode(f.alert)
+  -- a run's window is its lifetime: the marker stays
+  redis.call('SET', f.marker, '1')
+  redis.call('SET', f.record, text, 'PX', control.alert_ttl_ms)
+  local oldest = now_ms - control.alert_ttl_ms
+  for _, index in ipairs(f.indexes) do
+    redis.call('ZADD', index, now_ms, f.id)
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. fmt_int(oldest))
+  end
+  redis.call('XADD', control.alerts_outbox, '*', 'k', f.subject, 'v', text, 'id', f.id,
+             'at', fmt_int(now_ms))
+end
+
+for _, key in ipairs(tree_done) do redis.call('SET', key, '1') end
+
 for t, marks in pairs(to_mark) do
   local key = seen_keys[t][1]
   call_chunked('HSET', key, marks)
@@ -390,4 +688,5 @@ if offsets and control.write_offsets and not failed then
   offsets_written = true
 end
 
-return cjson.encode({results = results, offsets = offsets_written, applied = true})
+return cjson.encode({results = results, offsets = offsets_written, applied = true,
+                     cut = tree_cut})

@@ -152,6 +152,27 @@ class Keys:
     def alerts_by_run(self, tenant: str, run_id: str) -> str:
         return f"{self.prefix}:alertsbyrun:{part(tenant)}:{part(run_id)}"
 
+    def tree_alert_keys(self, tenant: str) -> list[str]:
+        """Key prefixes apply_batch.lua completes with an escaped run id (or an alert id)
+        to walk a tenant's run trees and fire their alerts: run, children, parents,
+        the tenant itself, alert marker, alert record, the tenant's alerts index, alerts
+        by run, alerts by user, runs whose every run-rule level fired (then the rules'
+        tag)."""
+        t = part(tenant)
+        p = self.prefix
+        return [
+            f"{p}:run:{t}:",
+            f"{p}:runkids:{t}:",
+            f"{p}:runparents:{t}:",
+            tenant,
+            f"{p}:alerted:{t}:",
+            f"{p}:alert:{t}:",
+            self.alerts(tenant),
+            f"{p}:alertsbyrun:{t}:",
+            f"{p}:alertsbyuser:{t}:",
+            f"{p}:runalertsdone:{t}:",
+        ]
+
     def outbox(self, name: str) -> str:
         return f"{self.prefix}:outbox:{part(name)}"
 

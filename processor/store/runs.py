@@ -10,6 +10,7 @@ an applied entry into a duplicate or applies it twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from processor.domain.alert_rules import AlertRule
+from processor.domain.alerts import run_checks
 from processor.domain.rollup import (
     AcceptedEntry,
     RunDelta,
@@ -31,6 +33,7 @@ from processor.domain.rollup import (
 )
 from processor.domain.windows import Retention
 from processor.store.keys import Keys
+from processor.store.tree_totals import MAX_NODES as MAX_TREE_NODES
 from processor.store.user_payload import Alerting, Invoiced, WindowIdent, user_payloads
 
 _APPLY_LUA = resources.files("processor.store").joinpath("apply_batch.lua").read_text("utf-8")
@@ -103,6 +106,10 @@ class ApplyResult:
     #: caller dead-letters them as ``internal``)
     failed: list[tuple[AcceptedEntry, str]] = field(default_factory=list)
     offsets_written: bool = False
+    #: sub-agent runs a run-tree evaluation did not follow: beyond the children limit
+    #: of their parent, and trees cut at the depth limit
+    children_cut: int = 0
+    depth_cut: int = 0
 
 
 @dataclass(slots=True)
@@ -129,6 +136,8 @@ class ApplyPlan:
     result: ApplyResult
     #: groups that must be sent in a call of their own (a call with them failed)
     alone: set[int] = field(default_factory=set)
+    #: entry id -> position in the batch, when run rules replay the batch's entries
+    order: dict[str, int] | None = None
 
     @property
     def done(self) -> bool:
@@ -146,6 +155,8 @@ class RunStore:
         retention: Retention = DEFAULT_RETENTION,
         rules: Sequence[AlertRule] = (),
         alert_retention_s: int = 90 * 86400,
+        depth_limit: int = 64,
+        children_limit: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
@@ -153,8 +164,15 @@ class RunStore:
         self._dedup_ttl_s = dedup_ttl_s
         self._entry_ttl_s = entry_ttl_s
         self._retention = retention
-        # user rules are evaluated in the batch step; run rules are not (yet)
+        # both are evaluated in the batch step: user rules on the windows it writes, run
+        # rules on the trees of the runs it touches (apply_batch.lua, sections 5 and 5b)
         self._rules = [r for r in rules if r.subject == "user"]
+        self._run_checks = run_checks(rules)
+        # names the run rules in the marks of runs with nothing left to fire
+        self._run_rules_tag = hashlib.sha1(
+            json.dumps(self._run_checks).encode(), usedforsecurity=False
+        ).hexdigest()[:12]
+        self._tree = (depth_limit, children_limit)
         self._alert_ttl_ms = alert_retention_s * 1000
         self._clock = clock
         # Months seen invoiced (an invoice is never deleted by this app): calls touching
@@ -183,6 +201,8 @@ class RunStore:
         plan = ApplyPlan(
             secrets.token_hex(6), now, pending, alerting, None, ApplyResult(duplicates=repeats)
         )
+        if self._run_checks:
+            plan.order = {e.entry_id: i for i, e in enumerate(entries)}
         plan.calls = self._encode(plan)
         return plan
 
@@ -277,6 +297,10 @@ class RunStore:
                 done_calls += 1
                 if reply.get("offsets"):
                     result.offsets_written = True
+                cut = reply.get("cut")
+                if cut:
+                    result.children_cut += int(cut[0])
+                    result.depth_cut += int(cut[1])
                 if reply.get("applied"):
                     for gi in call.groups:
                         result.accepted.extend(plan.pending[gi][0])
@@ -385,8 +409,22 @@ class RunStore:
                 "alerts_outbox": self._keys.outbox(ALERTS_OUTBOX),
                 "alert_ttl_ms": self._alert_ttl_ms,
                 "now_ms": now_ms,
+                **self._tree_control,
             }
         )
+
+    @property
+    def _tree_control(self) -> dict[str, Any]:
+        if not self._run_checks:
+            return {}
+        depth, children = self._tree
+        return {
+            "run_rules": self._run_checks,
+            "run_rules_tag": self._run_rules_tag,
+            "tree_depth": depth,
+            "tree_children": children,
+            "tree_cap": MAX_TREE_NODES,
+        }
 
     def _encode(self, plan: ApplyPlan) -> list[_Call]:
         """The pending groups as script calls of at most CALL_MAX_BYTES of bodies each;
@@ -419,7 +457,10 @@ class RunStore:
         bodies = _Blob()
         fields: dict[str, int] = {}
         tenants: dict[str, int] = {}
-        groups = [self._group_payload(plan.pending[i][1], bodies, fields, tenants) for i in indices]
+        order = plan.order
+        groups = [
+            self._group_payload(*plan.pending[i], bodies, fields, tenants, order) for i in indices
+        ]
         users = user_payloads(
             self._keys,
             [plan.pending[i] for i in indices],
@@ -436,16 +477,20 @@ class RunStore:
             "groups": groups,
             "users": users.payload,
         }
+        if order is not None:
+            payload["trees"] = [self._keys.tree_alert_keys(t) for t in tenants]
         return _Call(
             indices, msgpack.packb(payload), b"".join(bodies.parts), users.months, users.windows
         )
 
     def _group_payload(
         self,
+        members: Sequence[AcceptedEntry],
         d: RunDelta,
         bodies: _Blob,
         fields: dict[str, int],
         tenants: dict[str, int],
+        order: dict[str, int] | None,
     ) -> list[Any]:
         """One group of the Lua payload.
 
@@ -460,7 +505,7 @@ class RunStore:
         body_at = bodies.add(own)
         agent = d.agent_name
         # positional, in the order apply_batch.lua unpacks it (maps cost more to decode)
-        return [
+        payload = [
             _intern(tenants, t),
             d.entry_ids,
             [body_at, *map(len, own)],
@@ -483,6 +528,14 @@ class RunStore:
             [ts for _, ts, _ in d.entries],
             [k.run_parents(t, c) for c in sorted(d.children)],
         ]
+        if order is not None:
+            # what each entry adds to its run's tree, for the replay that names the entry
+            # whose application crossed a run rule's threshold
+            events: list[Any] = []
+            for e in members:
+                events += _tree_event(e, order)
+            payload.append(events)
+        return payload
 
 
 class _Blob:
@@ -500,6 +553,21 @@ class _Blob:
         self.parts.extend(bodies)
         self.size += sum(map(len, bodies))
         return at
+
+
+def _tree_event(e: AcceptedEntry, order: dict[str, int]) -> list[Any]:
+    """[position in the batch, cost, tokens, 0 | 1 ok | 2 failed tool call, linked run]
+    (the group carries them flat, one list for all its entries)."""
+    tokens = e.tokens.total if e.tokens is not None else 0
+    tool = 0 if e.kind != "tool" else (1 if e.success else 2)
+    cost = e.cost_pico
+    return [
+        order.get(e.entry_id, 0),
+        cost if -_EXACT < cost < _EXACT else str(cost),
+        tokens if tokens < _EXACT else str(tokens),
+        tool,
+        e.child_run_id or "",
+    ]
 
 
 def _split_by_size(members: list[AcceptedEntry], delta: RunDelta) -> list[Group]:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from processor.domain.budgets import Totals
 from processor.metrics import UsageMetrics
-from processor.store.keys import Keys, part
+from processor.store.keys import Keys
 
 #: Runs read per walk at most (whatever the limits allow, a walk stays bounded).
 MAX_NODES = 20_000
@@ -116,15 +116,14 @@ class TreeReader:
         (and, ``with_ancestors``, below every run that reaches one of them, within the
         depth limit); and the roots with those ancestors. One script call walks it
         server-side, so a tree of 100 runs costs one round trip."""
-        k = self._keys
-        t = part(tenant)
+        run_p, kids_p, parents_p = self._keys.tree_alert_keys(tenant)[:3]
         reply = await self._walk(
             keys=[],
             args=[
                 msgpack.packb(list(roots)),
-                f"{k.prefix}:run:{t}:",
-                f"{k.prefix}:runkids:{t}:",
-                f"{k.prefix}:runparents:{t}:",
+                run_p,
+                kids_p,
+                parents_p,
                 self._depth if with_ancestors else 0,
                 self._depth,
                 self._children,

@@ -1,6 +1,7 @@
 """Run-tree alerts against a real redis-server: each run's tree (itself and every run
 reachable through sub-agent links, each once, cycles cut) is a subject of its own, whatever
-order parents and children arrive in; each (rule, run, level) fires once."""
+order parents and children arrive in; each (rule, run, level) fires once, decided in the
+batch step and named after the entry whose application crossed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from redis.asyncio import Redis
 from processor.domain.alert_rules import AlertRule
 from processor.domain.rollup import AcceptedEntry
 from processor.store.keys import Keys
-from processor.store.run_alerts import RunAlerts
-from processor.store.runs import ALERTS_OUTBOX, RunStore
+from processor.store.runs import ALERTS_OUTBOX, ApplyResult, RunStore
 from tests.unit.test_api_support import subagent, tokens
 
 T0 = 1_733_011_200_000
@@ -22,17 +22,18 @@ BUDGET = AlertRule("run-token-budget", "run", "run", "tokens", Decimal("80000"),
 
 
 class Rig:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, *, depth_limit: int = 64, children_limit: int = 1000
+    ) -> None:
         self.redis, self.keys = redis, Keys(prefix)
-        self.store = RunStore(redis, self.keys, dedup_ttl_s=3600, entry_ttl_s=3600)
-        self.alerts = RunAlerts(
-            redis, self.keys, [BUDGET], depth_limit=64, children_limit=1000,
-            alert_retention_s=3600,
+        self.store = RunStore(
+            redis, self.keys, dedup_ttl_s=3600, entry_ttl_s=3600, rules=[BUDGET],
+            alert_retention_s=3600, depth_limit=depth_limit, children_limit=children_limit,
+            clock=lambda: (T0 + 10**6) / 1000,
         )  # fmt: skip
 
-    async def apply(self, entries: list[AcceptedEntry]) -> None:
-        result = await self.store.apply(entries)
-        await self.alerts.evaluate(entries, {e.entry_id for e in result.accepted}, T0 + 10**6)
+    async def apply(self, entries: list[AcceptedEntry]) -> ApplyResult:
+        return await self.store.apply(entries)
 
     async def published(self) -> list[dict[str, Any]]:
         rows = await self.redis.xrange(self.keys.outbox(ALERTS_OUTBOX))
@@ -94,3 +95,61 @@ async def test_cycles_and_shared_children_count_once(redis: Redis, prefix: str) 
     got = await rig.published()
     assert sorted(a["subject"]["id"] for a in got) == ["a", "b", "root", "s"]
     assert {(a["level"], a["observed"], a["entryId"]) for a in got} == {("warning", "80000", "a-t")}
+
+
+async def test_crossing_inside_one_batch_names_the_entry_and_the_value_after_it(
+    redis: Redis, prefix: str
+) -> None:
+    """Links and usage in one batch, in an order where the link is what crosses warning
+    and a later child entry crosses critical: the replay of the batch names each."""
+    rig = Rig(redis, prefix)
+    await rig.apply([tokens("kid", T0, "m", 70_000, 0, 1, id="k-1")])
+    await rig.apply(
+        [
+            tokens("top", T0 + 1, "m", 5_000, 0, 1, id="t-1"),
+            tokens("kid", T0 + 2, "m", 1_000, 0, 1, id="k-2"),  # kid alone: 71,000
+            subagent("top", T0 + 3, "w", "kid", id="t-link"),  # top's tree: 76,000 + ...
+            tokens("top", T0 + 4, "m", 3_000, 0, 1, id="t-2"),  # 79,000
+            tokens("kid", T0 + 5, "m", 2_000, 0, 1, id="k-3"),  # 81,000: warning
+            tokens("kid", T0 + 6, "m", 19_000, 0, 1, id="k-4"),  # 100,000: critical
+            tokens("kid", T0 + 7, "m", 5_000, 0, 1, id="k-5"),
+        ]
+    )
+    got = await rig.published()
+    assert sorted((a["subject"]["id"], a["level"], a["entryId"], a["observed"]) for a in got) == [
+        ("kid", "warning", "k-4", "92000"),  # kid's own tree never reaches critical
+        ("top", "critical", "k-4", "100000"),
+        ("top", "warning", "k-3", "81000"),
+    ]
+
+
+async def test_a_link_that_crosses_is_named(redis: Redis, prefix: str) -> None:
+    rig = Rig(redis, prefix)
+    await rig.apply([tokens("big", T0, "m", 85_000, 0, 1, id="b-1")])
+    published = await rig.published()
+    assert [(a["subject"]["id"], a["level"]) for a in published] == [("big", "warning")]
+    await rig.apply(
+        [
+            tokens("p", T0 + 1, "m", 1_000, 0, 1, id="p-1"),
+            subagent("p", T0 + 2, "w", "big", id="p-link"),
+        ]
+    )
+    got = (await rig.published())[1:]
+    assert [(a["subject"]["id"], a["level"], a["entryId"], a["observed"]) for a in got] == [
+        ("p", "warning", "p-link", "86000")
+    ]
+
+
+async def test_depth_and_fan_out_cuts_are_counted(redis: Redis, prefix: str) -> None:
+    rig = Rig(redis, prefix, depth_limit=2, children_limit=2)
+    chain = [subagent(f"r{i}", T0 + i, "w", f"r{i + 1}", id=f"l{i}") for i in range(4)]
+    fan = [subagent("r0", T0 + 10 + i, "w", f"z{i}", id=f"z{i}") for i in range(3)]
+    await rig.apply(chain + fan + [tokens("z2", T0 + 20, "m", 1, 0, 1, id="z2-t")])
+    await rig.apply([tokens("r4", T0 + 21, "m", 90_000, 0, 1, id="deep")])
+    # r4 is within 2 levels of r2 and r3 only: r1's and r0's trees leave it out
+    got = await rig.published()
+    assert sorted(a["subject"]["id"] for a in got) == ["r2", "r3", "r4"]
+    # r0's tree is deeper than 2 levels, and r0 has 4 children of which 2 are followed
+    result = await rig.apply([tokens("r0", T0 + 22, "m", 1, 0, 1, id="r0-t")])
+    assert (result.depth_cut, result.children_cut) == (1, 2)
+    assert len(await rig.published()) == 3

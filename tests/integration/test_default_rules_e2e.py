@@ -1,0 +1,215 @@
+"""The shipped default rules end to end, under failure (CONTRACT §4, §7): no rules file.
+
+A user's daily spend (warning $80, critical $100) and a run's token budget including its
+sub-agents (warning 80,000, critical 100,000). One stream crosses every default threshold
+several times over: 40 run trees (shared children, grandchildren, a cycle, links before,
+among and after their children's entries) and users spending past $100 a day on two
+days, interleaved, 10% re-sent ids, TWO workers of one group, one SIGKILLed at three
+moments and restarted each time. ``usage.notifications`` read with a ``read_committed``
+consumer once the alerts outbox is empty: exactly one message per (rule, subject,
+window, level) the ground truth says must fire, and nothing else, every field checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from processor.consumer import ingest_group_id
+from processor.domain.alert_rules import DEFAULT_RULES
+from processor.settings import Settings
+from processor.stack.ports import pick_port
+from tests.integration import test_run_alerts_e2e as runs_e2e
+from tests.integration import test_user_alerts_e2e as users_e2e
+from tests.integration.ground_truth import (
+    Entry,
+    messages,
+    usd,
+    utc_ms,
+    wait_caught_up,
+    with_duplicates,
+)
+from tests.integration.harness import WorkerProcess, create_topics
+from tests.integration.redis_control import PacedProducer
+from tests.integration.user_streams import (
+    applied_count,
+    decoding_redis,
+    wait_applied,
+    window_settings,
+)
+
+LEVELS = ("warning", "critical")
+DAYS = ("2025-10-20", "2025-10-21")
+#: spender -> entries per day of USD 3-9 each: past critical, past critical, warning only
+#: (about 90), silent
+SPENDERS = {"sp-0": 34, "sp-1": 28, "sp-2": 15, "sp-3": 6}
+TOKEN_SCALE = 5  # the forest's trees, scaled past the default run token budget
+BURST = 50
+RATE = 200.0
+KILLS = ((0.2, 0), (0.5, 1), (0.8, 0))
+
+
+def _user_rule() -> users_e2e.Rule:
+    (rule,) = [r for r in DEFAULT_RULES if r.subject == "user"]
+    assert rule.warning is not None and rule.critical is not None
+    return users_e2e.Rule(rule.name, rule.window, rule.metric, {"warning": "80", "critical": "100"})
+
+
+def _run_rule() -> runs_e2e.Rule:
+    (rule,) = [r for r in DEFAULT_RULES if r.subject == "run"]
+    return runs_e2e.Rule(rule.name, rule.metric, {"warning": "80000", "critical": "100000"})
+
+
+def stream_of(prefix: str, seed: int) -> list[Entry]:
+    """The forest of the run-tree chaos test with its token counts scaled up, and the
+    spenders' entries (small token counts, large ``costUsd``) interleaved with it."""
+    rnd = random.Random(seed)
+    trees = runs_e2e.forest(prefix, seed)
+    for e in trees:
+        if e["kind"] == "tokens":
+            e["tokens"] = {k: v * TOKEN_SCALE for k, v in e["tokens"].items()}
+    spending: list[Entry] = []
+    n = 0
+    for user, per_day in SPENDERS.items():
+        for day in DAYS:
+            start = utc_ms(f"{day}T09:00:00.000Z")
+            for i in range(per_day):
+                n += 1
+                spending.append(
+                    {
+                        "id": f"{prefix}-spend-{n}",
+                        "runId": f"{prefix}-{user}-{day}-r{i % 4}",
+                        "userId": user,
+                        "timestamp": start + i * 60_000,
+                        "kind": "tokens",
+                        "model": "acme-llm-9000",
+                        "tokens": {"prompt": 300, "completion": 100},
+                        "costUsd": usd(Decimal(rnd.randint(3_000_000, 9_000_000)).scaleb(-6)),
+                    }
+                )
+    out: list[Entry] = []
+    a, b = list(trees), list(spending)
+    while a or b:
+        pick = a if b == [] or (a and rnd.random() < len(a) / (len(a) + len(b))) else b
+        out.append(pick.pop(0))
+    return out
+
+
+async def test_default_rules_fire_exactly_once_with_two_workers_and_sigkills(
+    settings: Settings, tmp_path: Path, redis_client: aioredis.Redis
+) -> None:
+    settings = window_settings(settings, batch_max_entries=40, kafka_session_timeout_ms=6000)
+    assert settings.alert_rules_file is None  # the shipped defaults
+    other = settings.model_copy(update={"api_port": pick_port()})
+    originals = stream_of(settings.app_id, 21)
+    stream, late = with_duplicates(originals, fraction=0.1, seed=22)
+    stream += late
+
+    user_rule, run_rule = _user_rule(), _run_rule()
+    user_truth = users_e2e.AlertTruth([user_rule])
+    user_truth.add_all(stream)
+    tree_truth = runs_e2e.TreeTruth()
+    tree_truth.add_all(stream)
+    user_expected = user_truth.expected()
+    run_expected = tree_truth.expected([run_rule])
+    expected_ids = set(user_expected) | set(run_expected)
+
+    # the premise: both rules fire both levels several times, warning alone sometimes,
+    # and subjects with usage stay silent
+    per = Counter((x.rule.name, x.level) for x in user_expected.values())
+    per.update((x[0].name, x[2]) for x in run_expected.values())
+    for name in (user_rule.name, run_rule.name):
+        for level in LEVELS:
+            assert per[(name, level)] >= 2, per
+    assert per[(run_rule.name, "warning")] > per[(run_rule.name, "critical")], per
+    assert per[(user_rule.name, "warning")] > per[(user_rule.name, "critical")], per
+    assert len(set(tree_truth.runs) - {x[1] for x in run_expected.values()}) >= 20
+    print(
+        f"{len(stream)} messages, {tree_truth.accepted} distinct entries, "
+        f"{len(expected_ids)} alerts ({dict(per)})"
+    )
+
+    await create_topics(settings)
+    redis = decoding_redis(settings)
+    a = WorkerProcess(settings, tmp_path / "worker-a.log")
+    b = WorkerProcess(other, tmp_path / "worker-b.log")
+    workers = [a, b]
+    producer: PacedProducer | None = None
+    started_ms = int(time.time() * 1000)
+    try:
+        a.start()
+        b.start()
+        await a.wait_ready(timeout=90)
+        await b.wait_ready(timeout=90)
+        producer = PacedProducer(
+            settings, settings.topic_entries, messages(stream), rate=RATE, chunk=BURST
+        ).start()
+        kills = []
+        for share, victim_index in KILLS:
+            victim = workers[victim_index]
+            target = int(share * tree_truth.accepted)
+            await wait_applied(redis, settings, target, timeout=120, workers=workers)
+            victim.kill(signal.SIGKILL)
+            assert victim.returncode == -signal.SIGKILL, victim.log_tail()
+            await producer.pause()
+            kills.append((victim_index, await applied_count(redis, settings), producer.acked))
+            victim.start()
+            await victim.wait_ready(timeout=90)
+            producer.resume()
+        # three different moments, each with part of the stream still to come
+        assert len({k[1] for k in kills}) == len(KILLS), kills
+        assert all(acked < producer.total for _, _, acked in kills), kills
+        await producer.wait_done(timeout=120)
+
+        await wait_applied(redis, settings, tree_truth.accepted, timeout=120, workers=workers)
+        await wait_caught_up(settings, ingest_group_id(settings), timeout=120)
+        assert await applied_count(redis, settings) == tree_truth.accepted
+        got = await runs_e2e.published_alerts(redis, settings, workers)
+        done_ms = int(time.time() * 1000)
+
+        counts = Counter(str(m.value.get("alertId")) for m in got)
+        assert {a for a, n in counts.items() if n > 1} == set(), "published more than once"
+        assert set(counts) == expected_ids, (
+            f"missing {sorted(expected_ids - set(counts))}, "
+            f"unexpected {sorted(set(counts) - expected_ids)}"
+        )
+        problems = []
+        for m in got:
+            aid = m.value["alertId"]
+            if aid in user_expected:
+                found = users_e2e.check_message(
+                    m, user_expected[aid], user_truth, (started_ms, done_ms)
+                )
+            else:
+                rule, run, level = run_expected[aid]
+                found = runs_e2e.check_message(
+                    m, rule, run, level, tree_truth, (started_ms, done_ms)
+                )
+                eid = m.value["entryId"]
+                entry = tree_truth.entries.get(eid)
+                if not found and entry is not None and entry["kind"] == "tokens":
+                    # a usage entry that crossed: without it the tree held less
+                    observed, threshold = (
+                        Decimal(m.value["observed"]),
+                        Decimal(rule.thresholds[level]),
+                    )
+                    if not observed - tree_truth.tokens[eid] < threshold <= observed:
+                        found.append(f"entry {eid} did not cross: observed {observed}")
+            if found:
+                problems.append(f"{json.dumps(m.value, sort_keys=True)}: {'; '.join(found)}")
+        assert not problems, f"{len(problems)} wrong alert message(s):\n" + "\n".join(problems[:20])
+        users_e2e.assert_warning_first([m for m in got if m.value["subject"]["type"] == "user"])
+        await runs_e2e.assert_records(redis, settings, got)
+    finally:
+        if producer is not None:
+            await producer.stop()
+        await asyncio.gather(*(w.aterminate(timeout=20) for w in workers))
+        await redis.aclose()
