@@ -28,7 +28,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 from redis.exceptions import RedisError
 
+from processor.connections import kafka_options
 from processor.ingest import IngestPipeline, PreparedBatch, RawMessage
+from processor.logs import kafka_position
 from processor.metrics import UsageMetrics
 from processor.settings import Settings
 from processor.store.keys import Keys
@@ -37,6 +39,9 @@ from processor.store.runs import RunStore, StaleOffsets
 log = logging.getLogger(__name__)
 
 _STOP_DRAIN_S = 10.0
+#: how often usage_consumer_lag is refreshed (one ListOffsets request per refresh)
+_LAG_REPORT_S = 1.0
+_LAG_TIMEOUT_S = 10.0
 _RETRYABLE = (RedisError, KafkaError, OSError, TimeoutError)
 
 
@@ -137,7 +142,7 @@ class IngestConsumer(Service):  # type: ignore[misc]
     async def on_start(self) -> None:
         s = self._settings
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+            **kafka_options(s),
             group_id=self._group,
             client_id=f"{s.app_id}-ingest",
             enable_auto_commit=False,
@@ -152,6 +157,8 @@ class IngestConsumer(Service):  # type: ignore[misc]
         self._consumer.subscribe([s.topic_entries], listener=_Listener(self))
         await self._consumer.start()
         self.add_future(self._run())
+        if self._metrics is not None:
+            self.add_future(self._lag_forever())
 
     async def on_stop(self) -> None:
         if self._consumer is None:
@@ -292,9 +299,6 @@ class IngestConsumer(Service):  # type: ignore[misc]
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.retry_max_seconds)
-            for tp, end in offsets.items():
-                self._held[tp] = end
-            return
 
     def _without(
         self,
@@ -329,6 +333,7 @@ class IngestConsumer(Service):  # type: ignore[misc]
                 held,
                 self._held.get(tp),
                 "the beginning" if target is None else target,
+                extra=kafka_position(tp.topic, tp.partition, target),
             )
             self._rewinds[tp] = target
             self._held[tp] = target
@@ -349,6 +354,38 @@ class IngestConsumer(Service):  # type: ignore[misc]
             else:
                 consumer.seek(tp, target)
 
+    async def _lag_forever(self) -> None:
+        """Refresh ``usage_consumer_lag`` every _LAG_REPORT_S, apart from the fetch loop:
+        a loop stuck on a batch that cannot be applied is exactly when the lag must keep
+        being reported."""
+        while not self.should_stop:
+            await asyncio.sleep(_LAG_REPORT_S)
+            try:
+                await self._report_lag()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a metric refresh must never stop the worker
+                log.debug("consumer lag not refreshed: %r", exc)
+
+    async def _report_lag(self) -> None:
+        """Lag of every owned partition: its end offset (the high watermark, as
+        kafka-consumer-groups counts lag) minus the next offset to apply (what Redis holds,
+        as far as this worker knows), so entries fetched but not yet applied count as lag.
+        A partition shows once that offset is known (at its first applied batch when Redis
+        held none for it)."""
+        consumer = self._consumer
+        if self._metrics is None or consumer is None:
+            return
+        owned = [tp for tp in self.assigned if self._held.get(tp) is not None]
+        if not owned:
+            return
+        ends = await asyncio.wait_for(consumer.end_offsets(owned), timeout=_LAG_TIMEOUT_S)
+        for tp, end in ends.items():
+            # read again after the await: the partition may have been revoked meanwhile
+            applied = self._held.get(tp)
+            if tp in self.assigned and applied is not None:
+                self._metrics.partition_lag(tp.topic, tp.partition, end - applied)
+
     # --- rebalance hooks (called by aiokafka inside getmany) ---------------------------
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -359,6 +396,8 @@ class IngestConsumer(Service):  # type: ignore[misc]
             self._committed.pop(tp, None)
             self._held.pop(tp, None)
             self._rewinds.pop(tp, None)
+            if self._metrics is not None:
+                self._metrics.forget_partition(tp.topic, tp.partition)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start every new partition from the offset Redis holds.
