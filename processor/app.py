@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from processor.api.context import ApiContext, Readiness
+from processor.api.operations_server import OperationsServer
+from processor.connections import faust_broker_credentials, kafka_options, redis_client
 from processor.consumer import IngestConsumer
 from processor.domain.alert_rules import load_rules
 from processor.domain.pricing import load_catalog
@@ -40,7 +42,6 @@ from processor.store.alert_queries import AlertQueries
 from processor.store.budget_queries import BudgetQueries
 from processor.store.invoices import InvoiceStore
 from processor.store.keys import Keys
-from processor.store.run_alerts import RunAlerts
 from processor.store.run_queries import RunQueries
 from processor.store.runs import ALERTS_OUTBOX, INVOICES_OUTBOX, RunStore
 from processor.store.user_queries import UserQueries
@@ -61,9 +62,13 @@ class UsageApp(faust.App):  # type: ignore[misc]
 
     def on_webserver_init(self, web: Any) -> None:
         if self.api_context is not None:
+            from processor.api.ops import metrics_handler
             from processor.api.routes import setup_routes
 
-            setup_routes(web.web_app, self.api_context)
+            apart = self.settings.operations_apart
+            setup_routes(web.web_app, self.api_context, operations=not apart)
+            if not apart:
+                web.web_app.router.add_get("/metrics", metrics_handler)
 
 
 def create_app(settings: Settings) -> UsageApp:
@@ -74,6 +79,9 @@ def create_app(settings: Settings) -> UsageApp:
     app = UsageApp(
         settings.app_id,
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+        # Faust's own consumer and producer (group membership, leader election) need the
+        # same TLS / SASL as every other Kafka client of the worker
+        broker_credentials=faust_broker_credentials(settings),
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",
@@ -102,11 +110,15 @@ def create_app(settings: Settings) -> UsageApp:
     app.settings = settings
 
     registry = CollectorRegistry()
-    setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
+    # Faust's Prometheus sensor without its /metrics page (setup_prometheus_sensors would
+    # add that page to the API port): the worker mounts /metrics itself, on the API port
+    # or on USAGE_METRICS_PORT.
+    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
     metrics = UsageMetrics(registry=registry, label_cap=settings.label_cap)
 
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings, decode_responses=True)
     rules = load_rules(settings.alert_rules_file)
+    metrics.alert_rules((rule.name, (level for level, _ in rule.levels)) for rule in rules)
     runs = RunStore(
         redis,
         Keys(settings.key_prefix),
@@ -115,6 +127,8 @@ def create_app(settings: Settings) -> UsageApp:
         retention=retention_of(settings),
         rules=rules,
         alert_retention_s=settings.alert_retention_seconds,
+        depth_limit=settings.subagent_depth_limit,
+        children_limit=settings.subagent_children_limit,
     )
     catalog = load_catalog(settings.prices_file)
 
@@ -125,18 +139,11 @@ def create_app(settings: Settings) -> UsageApp:
         runs=runs,
         metrics=metrics,
         publish_dead_letters=lambda letters: publisher.publish(settings.topic_dlq, letters),
-        run_alerts=RunAlerts(
-            redis,
-            Keys(settings.key_prefix),
-            rules,
-            depth_limit=settings.subagent_depth_limit,
-            children_limit=settings.subagent_children_limit,
-            alert_retention_s=settings.alert_retention_seconds,
-            metrics=metrics,
-        ),
     )
     ingest = IngestConsumer(settings, pipeline, runs, metrics)
-    monitor = DependencyMonitor(settings.kafka_bootstrap, redis)
+    monitor = DependencyMonitor(
+        settings.kafka_bootstrap, redis, metrics=metrics, kafka_options=kafka_options(settings)
+    )
     # Invoices and adjustments decided in Redis reach Kafka through the outbox, relayed by
     # the leader only (two relays would fence each other's transactions in turn).
     relay = OutboxRelay(
@@ -200,6 +207,17 @@ def create_app(settings: Settings) -> UsageApp:
             children_limit=settings.subagent_children_limit,
         ),
     )
+    if settings.operations_apart:
+        from processor.api.routes import operations_app
+
+        # First of the worker's own services: it stops after the ingest consumer, so the
+        # probes and a last scrape still answer while the batch in flight drains.
+        app.extra_services.insert(
+            0,
+            OperationsServer(
+                operations_app(app.api_context), settings.api_host, settings.operations_port
+            ),
+        )
     _schedule_invoices(app, redis, Keys(settings.key_prefix), invoices, metrics, settings)
     return app
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 
 from processor.bench import cleanup_keys, percentile
+from processor.connections import redis_client
 from processor.domain.accept import accept_entry
 from processor.domain.pricing import PriceCatalog, load_catalog
 from processor.domain.rollup import AcceptedEntry
@@ -76,7 +76,7 @@ def _entry(i: int, user: str, ts: int, model: str, rnd: random.Random) -> dict[s
 
 async def _write(settings: Settings, entries: Any, total: int) -> None:
     """Entries (dicts) through parse, price and the real batch step."""
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings, decode_responses=True)
     store = RunStore(
         redis,
         Keys(settings.key_prefix),

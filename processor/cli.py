@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from processor.logs import configure_logging
 from processor.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("usage_stream")
@@ -21,21 +22,6 @@ def _settings_or_exit() -> Settings:
     except SettingsError as exc:
         print(f"usage-stream: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-# Client libraries that log every failed connection attempt: during a 50 s Kafka outage
-# they wrote ~59,000 lines. Below debug level the worker reports outages itself, one line
-# per change of state (processor.health), and keeps only their critical lines.
-_CHATTY_LOGGERS = ("aiokafka", "kafka", "faust.transport", "mode.timers")
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
-    )
-    if level != "debug":
-        for name in _CHATTY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _use_uvloop() -> None:
@@ -70,21 +56,32 @@ def cmd_worker(settings: Settings) -> int:
     from processor.app import create_app
     from processor.topics import ensure_topics
 
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values())
     try:
         asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=60))
     except Exception as exc:
-        print(
-            f"usage-stream: cannot reach Kafka at {settings.kafka_bootstrap} "
-            f"(USAGE_KAFKA_BOOTSTRAP) to create topics: {exc!r}",
-            file=sys.stderr,
-        )
+        from processor.connections import explain_kafka_failure
+
+        # Wrong credentials or an untrusted certificate stay wrong: exit at once with the
+        # reason and the settings to fix, rather than retry (this topic check is the first
+        # Kafka contact, so nothing else has started yet).
+        reason = asyncio.run(explain_kafka_failure(settings, exc))
+        print(f"usage-stream: cannot start: {reason}", file=sys.stderr)
         return 1
     _use_uvloop()
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
     _tune_gc()
-    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        override_logging=False,
+        # Faust's start-up spinner and "OK" go to stdout as bare text; with JSON logs
+        # every line must be a record (without the spinner Faust logs "Ready" instead)
+        quiet=settings.log_format == "json",
+    )
+    if settings.log_format == "json":
+        worker.spinner = None
     worker.execute_from_commandline()
     return 0
 
@@ -134,6 +131,16 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="usage-stream", description="Exact, live rollups of LLM agent usage."
@@ -145,8 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     schemas = sub.add_parser("schemas", help="JSON Schema files of the wire messages")
     schemas.add_argument("action", choices=["export", "check"])
     schemas.add_argument("--dir", type=Path, default=Path("schemas/json"))
-    demo = sub.add_parser("demo", help="stack + worker + simulated agents, live rollups")
+    demo = sub.add_parser("demo", help="stack + worker + simulated agents, live dashboard")
     demo.add_argument("--seconds", type=float, default=0, help="stop after this long (0: never)")
+    demo.add_argument(
+        "--rate", type=_positive, default=200, help="entries/s the simulated fleet publishes"
+    )
+    demo.add_argument(
+        "--users", type=_positive, default=20, help="users of the fleet's ordinary runs"
+    )
+    demo.add_argument(
+        "--headless",
+        action="store_true",
+        help="one summary line a second instead of the dashboard (the default off a terminal)",
+    )
     bench = sub.add_parser("bench", help="raw aiokafka ceiling vs the full pipeline")
     bench.add_argument("--entries", type=int, default=200_000)
     bench.add_argument("--rate", type=int, default=2000, help="offered load for the latency run")
@@ -194,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from processor.demo import run_demo
 
-        return run_demo(settings, seconds=args.seconds)
+        return run_demo(
+            settings,
+            seconds=args.seconds,
+            rate=args.rate,
+            users=args.users,
+            headless=args.headless,
+        )
     if args.command == "prices":
         from processor.prices_cli import show_price
 

@@ -13,11 +13,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaClient
 from mode import Service
 from redis.asyncio import Redis
+
+from processor.metrics import UsageMetrics
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +29,20 @@ PROBE_TIMEOUT_S = 2.0
 
 
 class DependencyMonitor(Service):  # type: ignore[misc]
-    def __init__(self, kafka_bootstrap: str, redis: Redis, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        kafka_bootstrap: str,
+        redis: Redis,
+        metrics: UsageMetrics | None = None,
+        kafka_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._bootstrap = kafka_bootstrap
+        #: TLS / SASL keyword arguments (processor.connections.kafka_options)
+        self._kafka_options = dict(kafka_options or {})
         self._redis = redis
+        self._metrics = metrics
         #: dependency -> reachable at the last probe (None: not probed yet)
         self.reachable: dict[str, bool | None] = {"kafka": None, "redis": None}
         self._down_since: dict[str, float] = {}
@@ -59,6 +72,9 @@ class DependencyMonitor(Service):  # type: ignore[misc]
     def _record(self, name: str, ok: bool) -> None:
         before = self.reachable[name]
         self.reachable[name] = ok
+        if self._metrics is not None:
+            # every probe, not only changes: the gauge is what alerting rules read
+            self._metrics.dependency(name, ok)
         if ok == before:
             return
         if not ok:
@@ -80,7 +96,7 @@ class DependencyMonitor(Service):  # type: ignore[misc]
         try:
             if self._client is None:
                 self._client = AIOKafkaClient(
-                    bootstrap_servers=self._bootstrap,
+                    **{**self._kafka_options, "bootstrap_servers": self._bootstrap},
                     request_timeout_ms=int(PROBE_TIMEOUT_S * 1000),
                 )
                 await asyncio.wait_for(self._client.bootstrap(), timeout=PROBE_TIMEOUT_S)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from redis.asyncio import Redis
+from aiokafka.errors import KafkaError
 
+from processor.connections import explain_kafka_failure, redis_client
 from processor.domain.windows import parse_month
 from processor.invoicing import generate_period
 from processor.outbox import drain
@@ -24,7 +25,7 @@ from processor.topics import ensure_topics
 
 async def _generate(settings: Settings, period: str, publish_timeout_s: float) -> int:
     await ensure_topics(settings)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings, decode_responses=True)
     keys = Keys(settings.key_prefix)
     try:
         run = await generate_period(redis, keys, InvoiceStore(redis, keys), period)
@@ -47,5 +48,8 @@ def generate_invoices(settings: Settings, period: str, publish_timeout_s: float 
     try:
         return asyncio.run(_generate(settings, period, publish_timeout_s))
     except Exception as exc:
-        print(f"usage-stream invoices generate: failed: {exc!r}", file=sys.stderr)
+        reason = repr(exc)
+        if isinstance(exc, KafkaError):  # rejected credentials, TLS: name the settings
+            reason = asyncio.run(explain_kafka_failure(settings, exc))
+        print(f"usage-stream invoices generate: failed: {reason}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ Negative amounts are not exported (a Prometheus counter cannot decrease).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -239,6 +240,12 @@ class UsageMetrics:
             "USAGE_SUBAGENT_CHILDREN_LIMIT.",
             registry=r,
         )
+        self.depth_cut = Counter(
+            "usage_subagent_depth_cut_total",
+            "Run trees evaluated for alerts that go deeper than USAGE_SUBAGENT_DEPTH_LIMIT "
+            "(counted once per tree and batch; the runs below the limit are left out).",
+            registry=r,
+        )
         self.late_entries = Counter(
             "usage_late_entries_total",
             "Accepted entries whose user window had already expired (counted in the windows "
@@ -261,6 +268,22 @@ class UsageMetrics:
         self.invoices_generated = Counter(
             "usage_invoices_generated_total",
             "Invoices created (each once per cluster, by the process that created it).",
+            registry=r,
+        )
+        # Operational gauges for alerting (deploy/prometheus/rules.yml): what /readyz reads,
+        # and how far this worker's partitions are behind, as series Prometheus can keep.
+        self.dependency_up = Gauge(
+            "usage_dependency_up",
+            "1 when the dependency answered the last probe (once a second), 0 when not; "
+            "the same figures /readyz reports.",
+            ("dependency",),
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "usage_consumer_lag",
+            "Entries on an ingest partition this worker owns that are not yet applied in Redis "
+            "(the partition's end offset minus the next offset to apply).",
+            ("topic", "partition"),
             registry=r,
         )
         # Memoised children: label tuple -> child metric (bounded by the label caps).
@@ -365,6 +388,25 @@ class UsageMetrics:
     def unpriced(self, model: str, n: int) -> None:
         if n:
             self._child(self.unpriced_tokens, self._model(model)).inc(n)
+
+    def alert_rules(self, rules: Iterable[tuple[str, Iterable[str]]]) -> None:
+        """Zero series of ``usage_alerts_total`` for each configured (rule, levels): without
+        them ``increase()`` misses an alert that is the first of its rule and level."""
+        for rule, levels in rules:
+            for level in levels:
+                self._child(self.alerts, rule, level)
+
+    def dependency(self, name: str, up: bool) -> None:
+        self.dependency_up.labels(name).set(1 if up else 0)
+
+    def partition_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic, str(partition)).set(max(lag, 0))
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop a partition's lag series once this worker no longer owns it (its new owner
+        reports it), so a sum over workers counts each partition once."""
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(topic, str(partition))
 
     # -- exposition -----------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from mode import Service
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from processor.connections import kafka_options
 from processor.settings import Settings
 from processor.store.keys import Keys
 
@@ -157,7 +158,7 @@ async def read_progress(
     position. Chunks grow from the end until every slot is found or the log start is hit."""
     tp = TopicPartition(settings.topic_outbox_progress, 0)
     common: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **kafka_options(settings),
         "group_id": None,
         "enable_auto_commit": False,
         "client_id": f"{settings.app_id}-outbox-{outbox}-progress",
@@ -375,7 +376,7 @@ class OutboxRelay(Service):  # type: ignore[misc]
         transaction), then read progress back: only then is it complete."""
         s = self._settings
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap,
+            **kafka_options(s),
             client_id=f"{s.app_id}-outbox-{self._outbox}",
             transactional_id=self._txn_id,
             transaction_timeout_ms=TXN_TIMEOUT_MS,

@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
+from processor.connections import kafka_options
 from processor.settings import Settings
 from schemas.deadletter import DLQ_TOPIC_MAX_MESSAGE_BYTES
 
@@ -21,7 +22,7 @@ class Publisher(Service):  # type: ignore[misc]
 
     async def on_start(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **kafka_options(self._settings),
             client_id=f"{self._settings.app_id}-publisher",
             acks="all",
             enable_idempotence=True,

@@ -7,6 +7,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from processor.connections import kafka_options
 from processor.settings import Settings
 from schemas.deadletter import DLQ_TOPIC_MAX_MESSAGE_BYTES
 
@@ -49,9 +50,7 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics; returns the names created. Existing ones are left alone."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000
-    )
+    admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

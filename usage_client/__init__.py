@@ -30,6 +30,7 @@ from usage_client.ids import new_id, uuid7, uuid7_time_ms
 from usage_client.reader import Budget, BudgetLevel, Budgets, EntriesPage, UsageReader
 from usage_client.recorder import RecorderStats, UsageRecorder
 from usage_client.run import MetricDefinition, RunHandle, ToolTimer
+from usage_client.security import KafkaSecurity
 
 __all__ = [
     "Budget",
@@ -39,6 +40,7 @@ __all__ = [
     "EntryValidationError",
     "HttpUsageRecorder",
     "IngestResult",
+    "KafkaSecurity",
     "MetricDefinition",
     "RecorderStats",
     "RunHandle",

@@ -31,11 +31,20 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError, OutOfOrderSequenceNumber, ProducerFenced
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    SaslAuthenticationFailed,
+)
 
 from schemas.entry import DEFAULT_MAX_BYTES
 from usage_client.base import RecorderBase
 from usage_client.errors import UsageRecorderError
+from usage_client.security import KafkaSecurity
 from usage_client.validation import encode_entry
 
 __all__ = ["RecorderStats", "UsageRecorder"]
@@ -115,6 +124,16 @@ async def _abort_producer(producer: _Producer, timeout: float = 5.0) -> None:
         await asyncio.wait_for(producer.stop(), timeout)
 
 
+def _producer_factory(options: dict[str, Any]) -> ProducerFactory:
+    """A closure rather than ``functools.partial``: a partial's repr shows its arguments,
+    the SASL password among them."""
+
+    def factory() -> _Producer:
+        return AIOKafkaProducer(**options)  # type: ignore[no-any-return]
+
+    return factory
+
+
 class UsageRecorder(RecorderBase):
     """Async context manager publishing usage entries to Kafka.
 
@@ -141,6 +160,7 @@ class UsageRecorder(RecorderBase):
         max_entry_bytes: int = DEFAULT_MAX_BYTES,
         strict_metrics: bool = False,
         client_id: str = "usage-client",
+        security: KafkaSecurity | None = None,
         producer_options: Mapping[str, Any] | None = None,
         producer_factory: ProducerFactory | None = None,
     ) -> None:
@@ -180,10 +200,12 @@ class UsageRecorder(RecorderBase):
             "max_batch_size": max_batch_bytes,
             "max_request_size": max(1024 * 1024, max_batch_bytes),
         }
+        self.security = security or KafkaSecurity()
+        # built here, not per producer: a missing or unreadable certificate fails the
+        # constructor, before anything is recorded
+        options.update(self.security.aiokafka_options())
         options.update(producer_options or {})
-        self._factory: ProducerFactory = producer_factory or functools.partial(
-            AIOKafkaProducer, **options
-        )
+        self._factory: ProducerFactory = producer_factory or _producer_factory(options)
         self._state: Literal["new", "starting", "running", "closed"] = "new"
         self._producer: _Producer | None = None
         self._producer_ready = asyncio.Event()
@@ -216,10 +238,23 @@ class UsageRecorder(RecorderBase):
             await _abort_producer(producer)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            reason = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+            plain = self.security.security_protocol == "PLAINTEXT"
+            how = "" if plain else f" over {self.security.describe()}"
+            cause: BaseException = exc
+            if isinstance(exc, KafkaConnectionError) and not plain:
+                # aiokafka reports a rejected password or an untrusted certificate as a
+                # closed or failed connection; one more connection tells which
+                cause = await self.security.probe(self.bootstrap_servers) or exc
+            reason = "timed out" if isinstance(cause, TimeoutError) else repr(cause)
+            if isinstance(cause, SaslAuthenticationFailed | AuthenticationFailedError):
+                # wrong credentials stay wrong: say so rather than "cannot connect"
+                raise UsageRecorderError(
+                    f"Kafka at {self.bootstrap_servers} rejected the SASL credentials{how}: "
+                    f"{reason}"
+                ) from exc
             raise UsageRecorderError(
-                f"cannot connect to Kafka at {self.bootstrap_servers} (topic {self.topic!r}) "
-                f"within {self.start_timeout_s:g}s: {reason}"
+                f"cannot connect to Kafka at {self.bootstrap_servers}{how} "
+                f"(topic {self.topic!r}) within {self.start_timeout_s:g}s: {reason}"
             ) from exc
         self._producer = producer
         self._producer_ready.set()

@@ -56,7 +56,8 @@ def render_metrics(ctx: ApiContext) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics`` rendering ``ctx.registry``; needs :func:`setup_routes` run on the app.
 
-    Not registered by ``setup_routes`` (Faust's Prometheus sensor owns ``/metrics``); the
-    worker may register it itself: ``app.router.add_get("/metrics", metrics_handler)``.
+    Not registered by ``setup_routes``: the worker adds it to the API port, or to the
+    metrics port's :func:`processor.api.routes.operations_app` when ``USAGE_METRICS_PORT``
+    is set.
     """
     return render_metrics(request.app[CTX_KEY])

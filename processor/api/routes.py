@@ -24,7 +24,7 @@ from processor.api.context import ApiContext
 from processor.api.errors import error_middleware
 from processor.api.ingest import INGEST, INGEST_SCHEMAS, IngestViews
 from processor.api.openapi import Param, RouteSpec, add_route, openapi_handler
-from processor.api.ops import CTX_KEY, OpsViews, healthz
+from processor.api.ops import CTX_KEY, OpsViews, healthz, metrics_handler
 from processor.api.params import DEFAULT_LIMIT, MAX_LIMIT
 from processor.api.runs import ENTRY_KINDS, RunViews
 from processor.api.users import (
@@ -119,11 +119,13 @@ READYZ: Final = RouteSpec(
 )
 
 
-def setup_routes(app: web.Application, ctx: ApiContext) -> None:
+def setup_routes(app: web.Application, ctx: ApiContext, *, operations: bool = True) -> None:
     """Install the error and auth middlewares and every route of this package on ``app``.
 
     Call once, before the application starts (aiohttp freezes routes and middlewares then).
-    ``/metrics`` is left to Faust's Prometheus sensor; see ``ops.metrics_handler``. The
+    ``/metrics`` is not registered here (the worker adds ``ops.metrics_handler`` to the
+    port it belongs on); ``operations=False`` leaves out ``/healthz`` and ``/readyz`` too,
+    for an API port whose operations endpoints are served by :func:`operations_app`. The
     user and billing-users routes need ``ctx.users``, the invoice routes ``ctx.invoices``,
     ``GET /v1/alerts`` ``ctx.alerts``; each group is only registered when its store is given.
     """
@@ -162,5 +164,21 @@ def setup_routes(app: web.Application, ctx: ApiContext) -> None:
     if ctx.budgets is not None:
         add_route(app, GET_BUDGETS, BudgetViews(ctx.budgets, ctx.clock).get, BUDGET_SCHEMAS)
     add_route(app, OPENAPI, openapi_handler)
+    if operations:
+        add_route(app, HEALTHZ, healthz)
+        add_route(app, READYZ, ops.readyz)
+
+
+def operations_app(ctx: ApiContext) -> web.Application:
+    """``/metrics``, ``/healthz`` and ``/readyz`` alone: the metrics port's application.
+
+    No ``/v1`` route and no auth middleware: nothing on this port reads a tenant's data
+    by id, and Prometheus and the kubelet have no API key. Errors (a 404 for any other
+    path) are the API's JSON errors.
+    """
+    app = web.Application(middlewares=[error_middleware])
+    app[CTX_KEY] = ctx
     add_route(app, HEALTHZ, healthz)
-    add_route(app, READYZ, ops.readyz)
+    add_route(app, READYZ, OpsViews(ctx).readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app

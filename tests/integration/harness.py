@@ -258,6 +258,11 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.settings.api_port}"
 
     @property
+    def ops_url(self) -> str:
+        """/metrics, /healthz and /readyz: the API's port unless USAGE_METRICS_PORT is set."""
+        return f"http://127.0.0.1:{self.settings.operations_port}"
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
@@ -311,7 +316,7 @@ class WorkerProcess:
                         + self.log_tail()
                     )
                 try:
-                    response = await client.get(self.url + "/readyz")
+                    response = await client.get(self.ops_url + "/readyz")
                     if response.status_code == 200:
                         return
                     last = f"HTTP {response.status_code}: {response.text[:200]}"

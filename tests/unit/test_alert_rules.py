@@ -418,7 +418,7 @@ def test_the_worker_goes_on_with_a_good_rules_file(
         raise ConnectionError("no broker in unit tests")
 
     monkeypatch.setattr(processor.topics, "ensure_topics", no_kafka)
-    monkeypatch.setattr(cli, "_configure_logging", lambda level: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
     settings = Settings(alert_rules_file=write(tmp_path, CONTRACT_EXAMPLE))
     assert cli.cmd_worker(settings) == 1  # past the rules, stopped at Kafka
     assert "cannot reach Kafka" in capsys.readouterr().err

@@ -3,8 +3,16 @@
 // prints what it recorded as JSON on stdout.
 //
 // env: USAGE_KAFKA_BOOTSTRAP, USAGE_TOPIC_ENTRIES, USAGE_API_URL, USAGE_API_KEY (optional),
-//      RT_TENANT_ID, RT_USER_ID, RT_RUN_ID_KAFKA, RT_RUN_ID_HTTP
-import { HttpTransport, KafkaTransport, UsageRecorder, type RunHandle, type Transport } from "../src/index.js";
+//      RT_TENANT_ID, RT_USER_ID, RT_RUN_ID_KAFKA, RT_RUN_ID_HTTP; the Kafka transport's TLS
+//      and SASL from USAGE_KAFKA_SECURITY_PROTOCOL etc. (kafkaSecurityFromEnv), none by default
+import {
+  HttpTransport,
+  KafkaTransport,
+  UsageRecorder,
+  kafkaSecurityFromEnv,
+  type RunHandle,
+  type Transport,
+} from "../src/index.js";
 
 function env(name: string): string {
   const value = process.env[name];
@@ -67,6 +75,7 @@ const result = {
       brokers: env("USAGE_KAFKA_BOOTSTRAP"),
       topic: env("USAGE_TOPIC_ENTRIES"),
       logLevel: "error",
+      ...kafkaSecurityFromEnv(),
     }),
     env("RT_RUN_ID_KAFKA"),
   ),
