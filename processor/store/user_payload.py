@@ -13,9 +13,9 @@ from typing import Any
 
 from processor.domain.alert_rules import AlertRule
 from processor.domain.alerts import user_checks
+from processor.domain.fold import AcceptedEntry, RunDelta, Slot
 from processor.domain.invoices import adjustment_id, invoice_id
 from processor.domain.money import format_usd
-from processor.domain.rollup import AcceptedEntry, RunDelta, Slot
 from processor.domain.windows import (
     F_COST_TOTAL,
     F_TOKENS_TOTAL,
@@ -96,6 +96,9 @@ def user_payloads(
         by_tenant.setdefault(delta.tenant_id, []).append(delta.slots)
         for user in {u for u, _ in delta.slots}:
             groups_of.setdefault((delta.tenant_id, user), []).append(gi + 1)
+    # the call's entries per (tenant, user), indexed the first time a window wants them:
+    # a rescan of every group per window would grow with the square of the batch
+    entries_of: dict[tuple[str, str], list[AcceptedEntry]] | None = None
     payload: list[Any] = []
     months_read: list[list[tuple[str, str, str]]] = []
     windows_read: list[list[WindowIdent]] = []
@@ -151,6 +154,8 @@ def user_payloads(
                 )
                 if checks and alerting is not None:
                     want = ident in alerting.detail
+                    if want and entries_of is None:
+                        entries_of = _entries_by_user(groups)
                     incr = w.incr
                     item += [
                         [
@@ -167,7 +172,7 @@ def user_payloads(
                             incr.get(F_TOOL_FAIL, 0),
                         ],
                         int(want),
-                        _detail(groups, ident, alerting.order) if want else [],
+                        _detail(entries_of or {}, ident, alerting.order) if want else [],
                         w.kind,
                         w.start_ms,
                         w.end_ms,
@@ -193,8 +198,18 @@ def user_payloads(
     return UsersPart(payload, months_read, windows_read)
 
 
-def _detail(
+def _entries_by_user(
     groups: Sequence[tuple[Sequence[AcceptedEntry], RunDelta]],
+) -> dict[tuple[str, str], list[AcceptedEntry]]:
+    out: dict[tuple[str, str], list[AcceptedEntry]] = {}
+    for members, _ in groups:
+        for e in members:
+            out.setdefault((e.tenant_id, e.user_id), []).append(e)
+    return out
+
+
+def _detail(
+    entries_of: Mapping[tuple[str, str], Sequence[AcceptedEntry]],
     ident: WindowIdent,
     order: Mapping[str, int],
 ) -> list[list[Any]]:
@@ -202,18 +217,13 @@ def _detail(
     to the alert metrics (the script finds the one that crossed a threshold)."""
     tenant, user, kind, label = ident
     found = []
-    for members, delta in groups:
-        if delta.tenant_id != tenant:
+    for e in entries_of.get((tenant, user), ()):
+        info = hour_info(e.timestamp // HOUR_MS)
+        if (info.hour, info.day, info.month)[_KIND_INDEX[kind]] != label:
             continue
-        for e in members:
-            if e.user_id != user:
-                continue
-            info = hour_info(e.timestamp // HOUR_MS)
-            if (info.hour, info.day, info.month)[_KIND_INDEX[kind]] != label:
-                continue
-            tool = 0 if e.kind != "tool" else (1 if e.success else 2)
-            total = e.tokens.total if e.tokens is not None else 0
-            found.append((order.get(e.entry_id, 0), [e.entry_id, _lua(e.cost_pico), total, tool]))
+        tool = 0 if e.kind != "tool" else (1 if e.success else 2)
+        total = e.tokens.total if e.tokens is not None else 0
+        found.append((order.get(e.entry_id, 0), [e.entry_id, _lua(e.cost_pico), total, tool]))
     found.sort(key=lambda pair: pair[0])
     return [item for _, item in found]
 
