@@ -1,7 +1,7 @@
 # usage-stream: `make install`, `make demo`, `make test`, `make bench`, `make lint`.
-# Installation is idempotent: the virtualenv is made once, pip runs again only when
-# pyproject.toml changes, and the Kafka jars are fetched once per version into the cache
-# (USAGE_CACHE_DIR, default ~/.cache/usage-stream), shared by every clone.
+# Installation is idempotent: the virtualenv is made once, pip runs again only when one of
+# the three pyproject.toml files changes, and the Kafka jars are fetched once per version
+# into the cache (USAGE_CACHE_DIR, default ~/.cache/usage-stream), shared by every clone.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -18,8 +18,8 @@ PY_SOURCES := processor schemas usage_client tests tools
         stack-status stack-env clean debian-tools
 
 help:
-	@echo "make install       virtualenv, package (editable, with dev tools), Kafka jars, redis-server,"
-	@echo "                   promtool + prometheus, kubectl (Debian packages),"
+	@echo "make install       virtualenv, the three packages (editable, with dev tools), Kafka jars,"
+	@echo "                   redis-server, promtool + prometheus, kubectl (Debian packages),"
 	@echo "                   the TypeScript client's node_modules"
 	@echo "make demo          local stack + worker + simulated agents, live rollups and alerts"
 	@echo "make test          every test, the integration ones against the real Kafka and Redis"
@@ -33,8 +33,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(PIP_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# Three distributions, each with its pyproject.toml: usage-stream-schemas (schemas/),
+# usage-stream-client (usage_client/) and usage-stream (the root). All three editable in
+# one pip command, so pip resolves the root's pins on the other two to these local paths
+# instead of looking them up in the package registry.
+DIST_PYPROJECTS := pyproject.toml schemas/pyproject.toml usage_client/pyproject.toml
+
+$(PIP_STAMP): $(DIST_PYPROJECTS) | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ./schemas -e ./usage_client -e '.[dev]'
 	@touch $@
 
 TS_CLIENT := clients/typescript

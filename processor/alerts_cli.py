@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 from processor.domain.alert_rules import AlertRule, AlertRulesError, load_rules, rule_digest
+from schemas.common import format_usd
 
 
 def describe_rule(rule: AlertRule) -> str:
     """One line: name, subject/window, metric, thresholds (and minCalls where it applies)."""
-    thresholds = ", ".join(f"{level} {format(t.normalize(), 'f')}" for level, t in rule.levels)
+    thresholds = ", ".join(f"{level} {format_usd(t)}" for level, t in rule.levels)
     line = f"{rule.name}: {rule.subject}/{rule.window} {rule.metric} >= {thresholds}"
     if rule.metric == "toolFailureRate":
         line += f" (minCalls {rule.min_calls})"

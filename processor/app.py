@@ -1,7 +1,8 @@
 """The Faust application: one worker runs the ingest consumer and the HTTP API.
 
 Faust supplies the worker: service lifecycle and signals, the embedded web server, its
-sensors, and tables on the `redis://` store. The hot ingest path is an aiokafka consumer
+sensors, and the leader-only invoice crontab (its leader election is the one thing Faust's
+own consumer group is kept for; docs/decisions.md). The hot ingest path is an aiokafka consumer
 group service (processor/consumer.py) applying one atomic Lua call per batch to Redis;
 docs/decisions.md has the measurements behind that split.
 """
@@ -26,12 +27,12 @@ from redis.asyncio import Redis
 
 from processor.api.context import ApiContext, Readiness
 from processor.api.operations_server import OperationsServer
+from processor.batch_pipeline import IngestPipeline, retention_of
 from processor.connections import faust_broker_credentials, kafka_options, redis_client
 from processor.consumer import IngestConsumer
 from processor.domain.alert_rules import load_rules
 from processor.domain.pricing import load_catalog
 from processor.health import DependencyMonitor
-from processor.ingest import IngestPipeline, retention_of
 from processor.invoicing import SCHEDULE, catch_up, generate_period, previous_period
 from processor.metrics import UsageMetrics
 from processor.outbox import Entry as OutboxEntry
@@ -72,8 +73,8 @@ class UsageApp(faust.App):  # type: ignore[misc]
 
 
 def create_app(settings: Settings) -> UsageApp:
-    # Faust insists on a data directory; nothing here keeps local table files, so a
-    # throw-away one per process, removed at exit, leaves nothing behind.
+    # Faust insists on a data directory; the worker has no tables, so nothing is kept
+    # there: a throw-away one per process, removed at exit, leaves nothing behind.
     datadir = Path(tempfile.mkdtemp(prefix=f"usage-stream-{settings.app_id}-"))
     atexit.register(shutil.rmtree, datadir, ignore_errors=True)
     app = UsageApp(
@@ -82,14 +83,9 @@ def create_app(settings: Settings) -> UsageApp:
         # Faust's own consumer and producer (group membership, leader election) need the
         # same TLS / SASL as every other Kafka client of the worker
         broker_credentials=faust_broker_credentials(settings),
-        store="memory://",
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_partitions=settings.topic_partitions,
+        # Faust's only topic is the leader election's (one partition, created by the worker)
         topic_replication_factor=settings.topic_replication,
         topic_allow_declare=True,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
         web_enabled=True,
         # only our API and /metrics on the port: Faust's own debug pages (routing, table
         # contents, graph, stats) would expose other tenants' data without a key
@@ -101,9 +97,7 @@ def create_app(settings: Settings) -> UsageApp:
         web_port=settings.api_port,
         web_host=settings.api_host,
         datadir=str(datadir),
-        autodiscover=False,
-        stream_buffer_maxsize=max(4096, settings.batch_max_entries * 2),
-        broker_commit_interval=1.0,
+        # how soon a dead leader's crontab and outbox relays move to another worker
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_ms / 3000),
     )

@@ -38,13 +38,14 @@ from redis.asyncio import Redis
 
 from processor.connections import kafka_options, redis_client
 from processor.domain.accept import accept_entry
+from processor.domain.fold import AcceptedEntry
 from processor.domain.pricing import load_catalog
-from processor.domain.rollup import AcceptedEntry
 from processor.local_worker import LocalWorker
 from processor.settings import Settings
 from processor.simulate import Fleet, encode
 from processor.stack.connect import with_local_stack
 from processor.stack.ports import pick_port
+from processor.stack.settings import StackSettings
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
 from processor.topics import ensure_topics
@@ -401,7 +402,8 @@ async def cleanup_keys(settings: Settings) -> None:
 
 
 def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: float) -> int:
-    settings = with_local_stack(settings)
+    stack = StackSettings()
+    settings = with_local_stack(settings, stack)
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     settings = settings.model_copy(
         update={
@@ -437,7 +439,7 @@ def run_bench(settings: Settings, *, entries: int, rate: int, latency_seconds: f
         f"(median of {', '.join(f'{r:,.0f}' for r in raws)})"
     )
 
-    log_path = Path(settings.stack_dir) / "bench-worker.log"
+    log_path = Path(stack.stack_dir) / "bench-worker.log"
     worker = LocalWorker(settings, log_path)
     result: dict[str, Any] = {
         "entries": entries,

@@ -23,17 +23,18 @@ from typing import Any
 
 import aiohttp
 
+from processor.batch_pipeline import retention_of
 from processor.bench import cleanup_keys, percentile
 from processor.connections import redis_client
 from processor.domain.accept import accept_entry
+from processor.domain.fold import AcceptedEntry
 from processor.domain.pricing import PriceCatalog, load_catalog
-from processor.domain.rollup import AcceptedEntry
-from processor.ingest import retention_of
 from processor.invoicing import previous_period
 from processor.local_worker import LocalWorker
 from processor.settings import Settings
 from processor.stack.connect import with_local_stack
 from processor.stack.ports import pick_port
+from processor.stack.settings import StackSettings
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
 from processor.topics import ensure_topics
@@ -203,7 +204,8 @@ async def _generate(url: str) -> tuple[float, int]:
 
 
 def run_read_bench(settings: Settings) -> int:
-    settings = with_local_stack(settings)
+    stack = StackSettings()
+    settings = with_local_stack(settings, stack)
     tag = f"benchr-{uuid.uuid4().hex[:8]}"
     settings = settings.model_copy(
         update={
@@ -237,7 +239,7 @@ def run_read_bench(settings: Settings) -> int:
     budget_tokens = _budget_tree(settings, budget_user, budget_root)
     print(f"wrote a tree of {BUDGET_RUNS} runs of {budget_user} under {budget_root}")
 
-    worker = LocalWorker(settings, Path(settings.stack_dir) / "bench-reads-worker.log")
+    worker = LocalWorker(settings, Path(stack.stack_dir) / "bench-reads-worker.log")
     result: dict[str, Any] = {}
     try:
         worker.start()

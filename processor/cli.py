@@ -87,9 +87,9 @@ def cmd_worker(settings: Settings) -> int:
 
 
 def cmd_stack(settings: Settings, action: str) -> int:
-    from processor.stack import LocalStack, StackError
+    from processor.stack import LocalStack, StackError, StackSettings
 
-    stack = LocalStack(settings)
+    stack = LocalStack(StackSettings(), partitions=settings.topic_partitions)
     try:
         if action == "up":
             info = stack.up()

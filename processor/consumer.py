@@ -28,8 +28,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 from redis.exceptions import RedisError
 
+from processor.batch_pipeline import IngestPipeline, PreparedBatch, RawMessage
 from processor.connections import kafka_options
-from processor.ingest import IngestPipeline, PreparedBatch, RawMessage
 from processor.logs import kafka_position
 from processor.metrics import UsageMetrics
 from processor.settings import Settings

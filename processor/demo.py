@@ -59,6 +59,7 @@ from processor.settings import ENV_PREFIX, Settings
 from processor.simulate import Fleet, encode
 from processor.stack.connect import with_local_stack
 from processor.stack.ports import pick_port
+from processor.stack.settings import StackSettings
 from processor.topics import ensure_topics, owned_topics
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,11 @@ def _run(settings: Settings, *, seconds: float, rate: int, users: int, headless:
     local = not ({ENV_PREFIX + "KAFKA_BOOTSTRAP", ENV_PREFIX + "REDIS_URL"} & set(os.environ))
     if local:
         _say("usage-stream demo: starting the local stack (Kafka KRaft + Redis) if needed ...")
-    settings = with_local_stack(settings)
+    stack = StackSettings()
+    settings = with_local_stack(settings, stack)
     ns = Namespace.new()
     demo = ns.apply(settings)
-    stack_dir = Path(settings.stack_dir)
+    stack_dir = Path(stack.stack_dir)
     stack_dir.mkdir(parents=True, exist_ok=True)
     log_path = stack_dir / "demo.log"
     log_path.write_bytes(b"")  # this run's log only; both processes then append to it

@@ -13,6 +13,7 @@ from processor.domain.pricing import (
     Rate,
     load_catalog,
 )
+from schemas.common import format_usd
 
 _MS_PER_DAY = 86_400_000
 
@@ -92,9 +93,9 @@ def _components(period: PricePeriod) -> list[tuple[str, str]]:
 
 
 def _rate(rate: Rate) -> str:
-    text = format(rate.base.normalize(), "f")
+    text = format_usd(rate.base)
     for tier in rate.tiers:
-        text += f"; above {tier.above:,} prompt tokens {format(tier.price.normalize(), 'f')}"
+        text += f"; above {tier.above:,} prompt tokens {format_usd(tier.price)}"
     return text
 
 

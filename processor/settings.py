@@ -1,7 +1,9 @@
 """All configuration, from ``USAGE_*`` environment variables or a ``.env`` file.
 
-One class on purpose: every knob is listed here, validated at start-up, and documented in
-the README's configuration table (a test keeps the two in step).
+One class on purpose: every knob of the worker is listed here, validated at start-up, and
+documented in the README's configuration table (a test keeps the two in step). The local
+stack's own settings (its directory, cache and Kafka version) are
+``processor.stack.settings.StackSettings``, which a worker never reads.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from processor.logs import LOG_FORMATS
+from processor.stack.settings import STACK_ENV_NAMES
 
 ENV_PREFIX = "USAGE_"
 # Variables read by the test harness only (e.g. USAGE_TEST_KAFKA_BOOTSTRAP), not settings.
@@ -215,22 +223,26 @@ class Settings(BaseSettings):
         None, description="YAML alert rules replacing the defaults (CONTRACT §7)"
     )
 
-    # --- local stack -----------------------------------------------------------------
-    stack_dir: Path = Field(
-        Path(".usage-stack"), description="State of the local stack (logs, data, pids)"
-    )
-    cache_dir: Path = Field(
-        Path.home() / ".cache" / "usage-stream",
-        description="Downloaded Kafka jars (kept across clones)",
-    )
-    kafka_version: str = Field("3.9.1", description="Apache Kafka version the local stack runs")
-
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
     log_format: str = Field(
         "text",
         description="Log lines: text, or json (one object per line: time, level, logger, "
         "message, and topic/partition/offset where relevant)",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # one .env may configure the local stack too: its lines are not this class's extras
+        if isinstance(dotenv_settings, DotEnvSettingsSource):
+            dotenv_settings = _WithoutStackLines(dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     @field_validator("prices_file", "alert_rules_file")
     @classmethod
@@ -341,6 +353,22 @@ class Settings(BaseSettings):
         return parse_api_keys(self.api_keys.get_secret_value())
 
 
+class _WithoutStackLines(PydanticBaseSettingsSource):
+    """A ``.env`` source without the local stack's variables (StackSettings reads those)."""
+
+    def __init__(self, source: DotEnvSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        stack = {name.lower() for name in STACK_ENV_NAMES}
+        stack |= {name.removeprefix(ENV_PREFIX).lower() for name in STACK_ENV_NAMES}
+        return {k: v for k, v in self._source().items() if k.lower() not in stack}
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """Every field as a ``USAGE_<FIELD>`` variable (secrets unwrapped, None left out).
 
@@ -384,8 +412,11 @@ def parse_api_keys(raw: str) -> dict[str, str]:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, refusing unknown ``USAGE_*`` variables and naming bad ones."""
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    """Build the settings, refusing unknown ``USAGE_*`` variables and naming bad ones.
+
+    The local stack's variables (``USAGE_STACK_DIR``, ...) are known but not read here.
+    """
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | STACK_ENV_NAMES
     unknown = sorted(
         k
         for k in os.environ

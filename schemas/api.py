@@ -53,6 +53,8 @@ __all__ = [
 Number = int | float
 
 
+# The wire shape of schemas.tokens.TokenCounts (the value type the processor sums and
+# serves with its to_wire()); tests/unit/test_tokens.py keeps the two field for field equal.
 class TokenCounts(WireModel):
     """Token counts; ``total`` of an entry without ``total`` is prompt + completion."""
 

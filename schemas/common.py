@@ -60,6 +60,10 @@ def format_usd(value: Decimal) -> str:
     """Format a decimal amount in plain notation without trailing zeros.
 
     ``Decimal("0E-12") -> "0"``, ``Decimal("1.2300") -> "1.23"``, ``Decimal("1E+2") -> "100"``.
+
+    The one formatter of ``Decimal`` amounts (USD, prices per million tokens, budget and
+    alert figures); integer pico-dollars have theirs, ``processor.domain.money.format_usd``,
+    which formats without going through ``Decimal`` on the ingest path.
     """
     if not value.is_finite():
         raise ValueError(f"cannot format non-finite amount {value!r}")

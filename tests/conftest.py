@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from processor.settings import Settings
 from processor.stack import LocalStack, StackInfo
-from tests.integration.harness import build_settings, unique_settings
+from tests.integration.harness import stack_settings, unique_settings
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -29,15 +29,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if INTEGRATION_DIR in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
-
-
-def _stack_settings(state_dir: Path) -> Settings:
-    defaults = build_settings()
-    return build_settings(
-        stack_dir=state_dir,
-        cache_dir=os.environ.get("USAGE_CACHE_DIR") or defaults.cache_dir,
-        kafka_version=os.environ.get("USAGE_KAFKA_VERSION") or defaults.kafka_version,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +41,7 @@ def stack() -> Iterator[StackInfo]:
         return
 
     state_dir = Path(tempfile.gettempdir()) / f"usage-stream-test-{os.getpid()}"
-    local = LocalStack(_stack_settings(state_dir), prefer_default_ports=False)
+    local = LocalStack(stack_settings(state_dir), prefer_default_ports=False)
     try:
         info = local.up()
     except Exception as exc:
@@ -72,11 +63,9 @@ def stack() -> Iterator[StackInfo]:
 
 
 @pytest.fixture
-def settings(stack: StackInfo, tmp_path: Path) -> Settings:
+def settings(stack: StackInfo) -> Settings:
     """Settings of one test: the session's stack, its own app id, topics, key prefix, port."""
-    return unique_settings(
-        stack.kafka_bootstrap, stack.redis_url, stack_dir=tmp_path / "usage-stack"
-    )
+    return unique_settings(stack.kafka_bootstrap, stack.redis_url)
 
 
 @pytest.fixture

@@ -90,6 +90,8 @@ from genai_prices import types as gt
 from genai_prices.data import providers as PROVIDERS
 from genai_prices.data_snapshot import find_provider_by_id
 
+from schemas.common import format_usd
+
 OUT = Path(__file__).resolve().parents[1] / "processor" / "domain" / "prices.yaml"
 
 # genai-prices attribute -> our YAML field, in output order.
@@ -210,8 +212,7 @@ def _clause(c: Any) -> dict[str, Any]:
 def _dec(d: Decimal, where: str) -> str:
     if not d.is_finite() or d < 0:
         raise GenError(f"{where}: price {d} is not a finite non-negative number")
-    text = format(d.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
+    return format_usd(d)
 
 
 def _decimals(d: Decimal) -> int:

@@ -40,6 +40,7 @@ from processor.settings import Settings, load_settings
 from processor.simulate import Fleet, encode
 from processor.stack.connect import with_local_stack
 from processor.stack.ports import pick_port
+from processor.stack.settings import StackSettings
 from processor.store.keys import Keys
 from processor.topics import ensure_topics, owned_topics
 
@@ -185,7 +186,7 @@ async def _cleanup(settings: Settings) -> None:
 async def _main(args: argparse.Namespace) -> int:
     settings = _settings()
     await ensure_topics(settings)
-    log_path = Path(settings.stack_dir) / f"{settings.app_id}-worker.log"
+    log_path = Path(StackSettings().stack_dir) / f"{settings.app_id}-worker.log"
     fleet = Fleet(seed=9, run_prefix=settings.app_id, start_ms=time.time_ns() // 1_000_000)
     results: list[dict[str, object]] = []
     try:

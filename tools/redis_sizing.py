@@ -36,10 +36,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from processor.batch_pipeline import retention_of
 from processor.domain.accept import accept_entry
+from processor.domain.fold import AcceptedEntry
 from processor.domain.pricing import load_catalog
-from processor.domain.rollup import AcceptedEntry
-from processor.ingest import retention_of
 from processor.settings import Settings, load_settings
 from processor.simulate import Fleet
 from processor.store.keys import Keys

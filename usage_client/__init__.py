@@ -1,7 +1,7 @@
 """Python client of usage-stream: record usage entries onto Kafka, read rollups over HTTP.
 
-Needs only aiokafka and pydantic (plus the ``schemas`` package of this distribution, for
-local validation); it never imports Faust or the processor.
+The usage-stream-client distribution: needs only aiokafka and pydantic (plus
+usage-stream-schemas, for local validation); it never imports Faust or the processor.
 
     async with UsageRecorder("localhost:9092", user_id="user-1", agent_name="planner") as rec:
         run = rec.run()

@@ -22,8 +22,11 @@ inconsistent counts gets a ``ValueError`` naming the field.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+# The adapters' result type is the schemas distribution's, beside the processor's
+# TokenCounts, so that both shapes of the same counts are defined (and converted) in one place.
+from schemas.tokens import TokenUsage
 
 __all__ = [
     "TokenUsage",
@@ -34,31 +37,6 @@ __all__ = [
     "from_openai_responses",
     "to_token_usage",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    """Token counts of one LLM call in contract semantics (all integers >= 0)."""
-
-    prompt: int = 0
-    completion: int = 0
-    reasoning: int = 0
-    cached: int = 0
-    cache_write: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-    def to_wire(self) -> dict[str, int]:
-        """The entry's ``tokens`` object (camelCase); ``total`` is left to the processor."""
-        return {
-            "prompt": self.prompt,
-            "completion": self.completion,
-            "reasoning": self.reasoning,
-            "cached": self.cached,
-            "cacheWrite": self.cache_write,
-        }
 
 
 def _n(obj: Any, name: str) -> int:

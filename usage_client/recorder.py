@@ -26,51 +26,31 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
-
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    AuthenticationFailedError,
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    SaslAuthenticationFailed,
-)
+from typing import Any, Literal
 
 from schemas.entry import DEFAULT_MAX_BYTES
+from usage_client import kafka_producer
 from usage_client.base import RecorderBase
 from usage_client.errors import UsageRecorderError
+from usage_client.kafka_producer import (
+    DEFAULT_DELIVERY_TIMEOUT_S,
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+    DEFAULT_RETRY_BACKOFF_MS,
+    Producer,
+    ProducerFactory,
+    abort_producer,
+    classify,
+    start_error,
+)
 from usage_client.security import KafkaSecurity
 from usage_client.validation import encode_entry
 
 __all__ = ["RecorderStats", "UsageRecorder"]
 
 log = logging.getLogger("usage_client")
-
-#: Defaults chosen so that a broker outage of a minute or two is ridden out: aiokafka's
-#: produce request (and batch) timeout, its back-off between retries, and the deadline
-#: after which an unacknowledged entry counts as lost.
-DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
-DEFAULT_RETRY_BACKOFF_MS: Final = 250
-DEFAULT_DELIVERY_TIMEOUT_S: Final = 120.0
-DEFAULT_MAX_BATCH_BYTES: Final = 512 * 1024
-
-
-class _Producer(Protocol):
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]: ...
-
-    async def partitions_for(self, topic: str) -> set[int]: ...
-
-
-ProducerFactory = Callable[[], _Producer]
 
 
 @dataclass(slots=True)
@@ -92,46 +72,6 @@ class RecorderStats:
     delivered: int
     resent: int
     failed: int
-
-
-def _classify(exc: BaseException) -> Literal["retry", "restart", "fail"]:
-    if isinstance(exc, OutOfOrderSequenceNumber | ProducerFenced) or type(exc) is KafkaError:
-        return "restart"  # the producer itself is broken (its sender task died)
-    if isinstance(exc, KafkaTimeoutError | TimeoutError | asyncio.CancelledError):
-        return "retry"
-    if getattr(exc, "retriable", False):
-        return "retry"
-    return "fail"
-
-
-async def _abort_producer(producer: _Producer, timeout: float = 5.0) -> None:
-    """Stop ``producer`` even when it still holds undeliverable batches.
-
-    aiokafka has no public abort: ``stop()`` waits for every batch. Cancel its sender task
-    and fail what it holds first (private attributes, looked up defensively)."""
-    sender = getattr(producer, "_sender", None)
-    task = getattr(sender, "sender_task", None)
-    if isinstance(task, asyncio.Task) and not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-    accumulator = getattr(producer, "_message_accumulator", None)
-    fail_all = getattr(accumulator, "fail_all", None)
-    if callable(fail_all):
-        with contextlib.suppress(Exception):
-            fail_all(UsageRecorderError("the recorder was closed before delivery"))
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(producer.stop(), timeout)
-
-
-def _producer_factory(options: dict[str, Any]) -> ProducerFactory:
-    """A closure rather than ``functools.partial``: a partial's repr shows its arguments,
-    the SASL password among them."""
-
-    def factory() -> _Producer:
-        return AIOKafkaProducer(**options)  # type: ignore[no-any-return]
-
-    return factory
 
 
 class UsageRecorder(RecorderBase):
@@ -189,25 +129,22 @@ class UsageRecorder(RecorderBase):
         self.max_entry_bytes = max_entry_bytes
         self._retry_backoff_s = retry_backoff_ms / 1000
         self._request_timeout_s = request_timeout_ms / 1000
-        options: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": client_id,
-            "acks": "all",
-            "enable_idempotence": True,
-            "request_timeout_ms": request_timeout_ms,
-            "retry_backoff_ms": retry_backoff_ms,
-            "linger_ms": linger_ms,
-            "max_batch_size": max_batch_bytes,
-            "max_request_size": max(1024 * 1024, max_batch_bytes),
-        }
         self.security = security or KafkaSecurity()
-        # built here, not per producer: a missing or unreadable certificate fails the
-        # constructor, before anything is recorded
-        options.update(self.security.aiokafka_options())
-        options.update(producer_options or {})
-        self._factory: ProducerFactory = producer_factory or _producer_factory(options)
+        options = kafka_producer.producer_options(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=client_id,
+            request_timeout_ms=request_timeout_ms,
+            retry_backoff_ms=retry_backoff_ms,
+            linger_ms=linger_ms,
+            max_batch_bytes=max_batch_bytes,
+            security=self.security,
+            extra=producer_options,
+        )
+        self._factory: ProducerFactory = producer_factory or kafka_producer.producer_factory(
+            options
+        )
         self._state: Literal["new", "starting", "running", "closed"] = "new"
-        self._producer: _Producer | None = None
+        self._producer: Producer | None = None
         self._producer_ready = asyncio.Event()
         self._restarting = False
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -235,26 +172,15 @@ class UsageRecorder(RecorderBase):
             await asyncio.wait_for(self._start_producer(producer), self.start_timeout_s)
         except BaseException as exc:
             self._state = "closed"
-            await _abort_producer(producer)
+            await abort_producer(producer)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            plain = self.security.security_protocol == "PLAINTEXT"
-            how = "" if plain else f" over {self.security.describe()}"
-            cause: BaseException = exc
-            if isinstance(exc, KafkaConnectionError) and not plain:
-                # aiokafka reports a rejected password or an untrusted certificate as a
-                # closed or failed connection; one more connection tells which
-                cause = await self.security.probe(self.bootstrap_servers) or exc
-            reason = "timed out" if isinstance(cause, TimeoutError) else repr(cause)
-            if isinstance(cause, SaslAuthenticationFailed | AuthenticationFailedError):
-                # wrong credentials stay wrong: say so rather than "cannot connect"
-                raise UsageRecorderError(
-                    f"Kafka at {self.bootstrap_servers} rejected the SASL credentials{how}: "
-                    f"{reason}"
-                ) from exc
-            raise UsageRecorderError(
-                f"cannot connect to Kafka at {self.bootstrap_servers}{how} "
-                f"(topic {self.topic!r}) within {self.start_timeout_s:g}s: {reason}"
+            raise await start_error(
+                exc,
+                bootstrap_servers=self.bootstrap_servers,
+                topic=self.topic,
+                timeout_s=self.start_timeout_s,
+                security=self.security,
             ) from exc
         self._producer = producer
         self._producer_ready.set()
@@ -262,7 +188,7 @@ class UsageRecorder(RecorderBase):
         self._state = "running"
         return self
 
-    async def _start_producer(self, producer: _Producer) -> None:
+    async def _start_producer(self, producer: Producer) -> None:
         await producer.start()
         partitions = await producer.partitions_for(self.topic)
         if not partitions:
@@ -310,7 +236,7 @@ class UsageRecorder(RecorderBase):
                 return
             except Exception:  # pragma: no cover - stop() of a healthy producer
                 log.warning("stopping the Kafka producer failed", exc_info=True)
-        await _abort_producer(producer)
+        await abort_producer(producer)
 
     async def __aenter__(self) -> UsageRecorder:
         return await self.start()
@@ -384,7 +310,7 @@ class UsageRecorder(RecorderBase):
             future.add_done_callback(functools.partial(self._on_delivery, pending, producer))
 
     def _on_delivery(
-        self, pending: _Pending, producer: _Producer, future: asyncio.Future[Any]
+        self, pending: _Pending, producer: Producer, future: asyncio.Future[Any]
     ) -> None:
         if future.cancelled():
             self._on_failure(pending, asyncio.CancelledError(), producer)
@@ -396,9 +322,9 @@ class UsageRecorder(RecorderBase):
         else:
             self._on_failure(pending, exc, producer)
 
-    def _on_failure(self, pending: _Pending, exc: BaseException, producer: _Producer) -> None:
+    def _on_failure(self, pending: _Pending, exc: BaseException, producer: Producer) -> None:
         self._last_error = exc
-        action = _classify(exc)
+        action = classify(exc)
         if self._state == "closed" or action == "fail" or time.monotonic() >= pending.deadline:
             log.error("usage entry %s not delivered: %r", pending.entry_id, exc)
             self._failed += 1
@@ -429,24 +355,24 @@ class UsageRecorder(RecorderBase):
         if self._outstanding == 0:
             self._idle.set()
 
-    def _restart(self, broken: _Producer) -> None:
+    def _restart(self, broken: Producer) -> None:
         if self._restarting or broken is not self._producer or self._state != "running":
             return
         self._restarting = True
         self._producer_ready.clear()
         asyncio.get_running_loop().create_task(self._replace_producer(broken))
 
-    async def _replace_producer(self, broken: _Producer) -> None:
+    async def _replace_producer(self, broken: Producer) -> None:
         log.warning("the Kafka producer failed fatally; replacing it")
         try:
-            await _abort_producer(broken)
+            await abort_producer(broken)
             while self._state == "running":
                 producer = self._factory()
                 try:
                     await asyncio.wait_for(self._start_producer(producer), self._request_timeout_s)
                 except Exception as exc:
                     self._last_error = exc
-                    await _abort_producer(producer)
+                    await abort_producer(producer)
                     await asyncio.sleep(self._retry_backoff_s)
                     continue
                 self._producer = producer

@@ -22,7 +22,7 @@ from processor.api.billing import (
 from processor.api.budgets import BUDGET_SCHEMAS, GET_BUDGETS, BudgetViews
 from processor.api.context import ApiContext
 from processor.api.errors import error_middleware
-from processor.api.ingest import INGEST, INGEST_SCHEMAS, IngestViews
+from processor.api.http_ingest import INGEST, INGEST_SCHEMAS, IngestViews
 from processor.api.openapi import Param, RouteSpec, add_route, openapi_handler
 from processor.api.ops import CTX_KEY, OpsViews, healthz, metrics_handler
 from processor.api.params import DEFAULT_LIMIT, MAX_LIMIT

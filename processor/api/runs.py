@@ -18,15 +18,11 @@ from processor.api.params import (
     get_limit,
     get_str,
 )
+from processor.domain.counts import CallStats
+from processor.domain.fields import us_to_ms
 from processor.domain.money import format_usd
-from processor.domain.rollup import (
-    CallStats,
-    RunRollup,
-    TreeTotals,
-    custom_to_wire,
-    sum_tree,
-    us_to_ms,
-)
+from processor.domain.readback import RunRollup, custom_to_wire
+from processor.domain.trees import TreeTotals, sum_tree
 from processor.store.run_queries import EntryFilter
 
 ENTRY_KINDS: Final = ("tokens", "tool", "subagent", "custom")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
+from processor.domain.counts import TokenCounts
+from processor.domain.fields import custom_to_nano, duration_to_us
+from processor.domain.fold import AcceptedEntry
 from processor.domain.money import format_usd, parse_usd
 from processor.domain.pricing import PriceCatalog
-from processor.domain.rollup import AcceptedEntry, TokenCounts, custom_to_nano, duration_to_us
 from schemas.entry import (
     CustomEntry,
     SubagentEntry,

@@ -28,6 +28,7 @@ from typing import Any, Literal, NoReturn, cast, get_args
 import yaml
 
 from processor.domain.money import INT64_MAX, parse_usd, usd_to_pico
+from schemas.common import format_usd
 
 Subject = Literal["user", "run"]
 Window = Literal["hour", "day", "month", "run"]
@@ -264,7 +265,7 @@ def rules_document(rules: Iterable[AlertRule]) -> dict[str, Any]:
     """The §7 document of ``rules`` (``load_rules`` of its YAML gives them back)."""
     out = [
         {"name": r.name, "subject": r.subject, "window": r.window, "metric": r.metric}
-        | {"thresholds": {lv: format(t.normalize(), "f") for lv, t in r.levels}}
+        | {"thresholds": {lv: format_usd(t) for lv, t in r.levels}}
         | ({"minCalls": r.min_calls} if r.metric == "toolFailureRate" else {})
         for r in rules
     ]

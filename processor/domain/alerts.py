@@ -1,8 +1,10 @@
-"""Alerts of user windows: which checks a window carries into the batch step, and ids.
+"""Alerts: which checks a user window carries into the batch step, the run rules as the
+step reads them, and alert ids.
 
-Pure. The batch step (apply_batch.lua) evaluates the checks on the window's totals
-after the batch, and fires each (rule, subject, window, level) at most once, with the
-marker, the alert record and its outbox message written in the same atomic step.
+Pure. The batch step (apply_batch.lua) evaluates the checks on each window's totals and
+each run tree's totals as they are after the batch (section 5b for run trees), and fires
+each (rule, subject, window, level) at most once, with the marker, the alert record and
+its outbox message written in the same atomic step.
 """
 
 from __future__ import annotations

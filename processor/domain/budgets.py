@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from processor.domain.alert_rules import AlertRule, failure_rate_reached
+from schemas.common import format_usd
 
 RATE_PLACES = Decimal("0.000001")
 
@@ -59,7 +60,12 @@ def observed(rule: AlertRule, t: Totals) -> Decimal:
 
 
 def level_of(rule: AlertRule, t: Totals) -> str:
-    """The highest level whose threshold the totals reach (exact comparisons)."""
+    """The highest level whose threshold the totals reach (exact comparisons).
+
+    >>> rule = AlertRule("r", "user", "day", "tokens", Decimal("100"), Decimal("200"))
+    >>> [level_of(rule, Totals(tokens=n)) for n in (99, 100, 250)]
+    ['ok', 'warning', 'critical']
+    """
     reached = "ok"
     value = t.cost_pico if rule.metric == "costUsd" else t.tokens
     for level, threshold, units in rule.level_units:
@@ -106,7 +112,5 @@ def plain(d: Decimal | None) -> str | None:
     >>> plain(Decimal("1E+2")), plain(Decimal("0.50")), plain(None)
     ('100', '0.5', None)
     """
-    if d is None:
-        return None
-    text = format(d.normalize(), "f")
-    return text
+    # the one formatter of Decimal amounts (USD, tokens and rates read the same way)
+    return None if d is None else format_usd(d)

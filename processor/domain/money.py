@@ -50,6 +50,9 @@ def parse_usd(text: str, *, allow_negative: bool = False) -> int:
     places); with ``allow_negative=True`` also ``"-0.5"`` (adjustments). Rejected with a
     ``ValueError`` naming the problem: empty text, signs ``+``, exponents (``1e-3``),
     whitespace, a bare ``.``/``5.``/``.5``, non-ASCII digits, more than 12 decimal places.
+
+    >>> parse_usd("0.001234"), parse_usd("-0.5", allow_negative=True)
+    (1234000000, -500000000000)
     """
     if not isinstance(text, str):
         raise TypeError(f"USD amount must be a string, got {type(text).__name__}")
@@ -77,6 +80,9 @@ def format_usd(pico: int) -> str:
 
     ``0 -> "0"``, ``12_000_000_000_000 -> "12"``, ``1_234_000_000 -> "0.001234"``,
     ``-500_000_000_000 -> "-0.5"``. Never uses an exponent; ``parse_usd`` reverses it.
+
+    >>> format_usd(12_000_000_000_000), format_usd(1_234_000_000), format_usd(-500_000_000_000)
+    ('12', '0.001234', '-0.5')
     """
     if isinstance(pico, bool) or not isinstance(pico, int):
         raise TypeError(f"pico-dollars must be an int, got {type(pico).__name__}")
@@ -134,6 +140,9 @@ def round_half_even_pico(numer: int, denom: int) -> int:
 
     Used for averages such as ``averageDailyCostUsd`` ("rounded half-even to 12 decimal
     places"): pass the total in pico-dollars and the number of days. Exact integer maths.
+
+    >>> round_half_even_pico(5, 2), round_half_even_pico(7, 2), round_half_even_pico(-5, 2)
+    (2, 4, -2)
     """
     if denom == 0:
         raise ZeroDivisionError("round_half_even_pico: denominator is zero")

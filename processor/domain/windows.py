@@ -1,7 +1,7 @@
 """A user's windows: UTC hour, UTC day, billing month and all time, by event time.
 
 Pure. Entries are folded per (user, UTC hour) while a batch is folded per run
-(``rollup.RunDelta``); this module turns those hour slots into the counter increments of
+(``fold.RunDelta``); this module turns those hour slots into the counter increments of
 every window they fall in, decides which windows are still retained, and reads window
 counters back. Counters are plain integer sums (HINCRBY), so a window's figures do not
 depend on arrival order or on how entries fall into batches.
@@ -15,30 +15,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
 
-from processor.domain import rollup
-from processor.domain.rollup import (
+from processor.domain import fields as run_fields
+from processor.domain.counts import TokenCounts
+from processor.domain.fields import (
     F_COUNT,
     T_COST,
     T_TOKENS,
-    Slot,
-    TokenCounts,
     field_name,
     parse_field,
-    stored_counts,
     token_fields,
 )
+from processor.domain.fold import Slot
+from processor.domain.readback import stored_counts
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 
 WINDOW_KINDS = ("hour", "day", "month", "all")
 
-# Window hash fields beyond a run's token and cost fields (see rollup.token_fields).
-F_TOOL_OK = rollup.F_TOOL_OK  # successful tool calls
-F_TOOL_FAIL = rollup.F_TOOL_FAIL  # failed tool calls
+# Window hash fields beyond a run's token and cost fields (see fields.token_fields).
+F_TOOL_OK = run_fields.F_TOOL_OK  # successful tool calls
+F_TOOL_FAIL = run_fields.F_TOOL_FAIL  # failed tool calls
 F_VERSION = "v"  # changes with every write of the window (readers' caches key on it)
-F_COST_TOTAL = rollup.F_COST_TOTAL  # cost of every model, pico-dollars (what rules compare)
-F_TOKENS_TOTAL = rollup.F_TOKENS_TOTAL  # tokens.total of every model
+F_COST_TOTAL = run_fields.F_COST_TOTAL  # cost of every model, pico-dollars (what rules compare)
+F_TOKENS_TOTAL = run_fields.F_TOKENS_TOTAL  # tokens.total of every model
 T_AGENT_TOKENS = "ag|"  # month only: per agent, the stored token types
 T_AGENT_COST = "agc|"
 T_AGENT_CALLS = "agn|"  # tokens entries (LLM calls) of the agent
@@ -87,7 +87,11 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def month_bounds(year: int, month: int) -> tuple[int, int]:
-    """[start, end) of a calendar month in epoch milliseconds (UTC)."""
+    """[start, end) of a calendar month in epoch milliseconds (UTC).
+
+    >>> month_bounds(2024, 12)  # 2024-12-01T00:00Z, 2025-01-01T00:00Z
+    (1733011200000, 1735689600000)
+    """
     start = date(year, month, 1)
     end = date(year + month // 12, month % 12 + 1, 1)
     return (
@@ -101,7 +105,11 @@ def day_start_ms(day: date) -> int:
 
 
 def expires_at_ms(end_ms: int, retention_s: int) -> int | None:
-    """When a window ending at ``end_ms`` is dropped; None: kept until deleted."""
+    """When a window ending at ``end_ms`` is dropped; None: kept until deleted.
+
+    >>> expires_at_ms(HOUR_MS, 60), expires_at_ms(HOUR_MS, 0)
+    (3660000, None)
+    """
     return None if retention_s == 0 else end_ms + retention_s * 1000
 
 
@@ -359,7 +367,15 @@ _DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 
 
 def parse_day(text: str) -> date:
-    """``YYYY-MM-DD`` -> date; ValueError otherwise."""
+    """``YYYY-MM-DD`` -> date; ValueError otherwise.
+
+    >>> parse_day("2024-02-29")
+    datetime.date(2024, 2, 29)
+    >>> parse_day("2024-W09-4")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected YYYY-MM-DD, got '2024-W09-4'
+    """
     # fromisoformat alone also takes ISO week dates such as 2024-W09-4
     if not _DAY_RE.fullmatch(text):
         raise ValueError(f"expected YYYY-MM-DD, got {text!r}")

@@ -5,6 +5,7 @@
 
 from processor.stack.manager import LocalStack
 from processor.stack.process import StackError
+from processor.stack.settings import StackSettings
 from processor.stack.state import StackInfo
 
-__all__ = ["LocalStack", "StackError", "StackInfo"]
+__all__ = ["LocalStack", "StackError", "StackInfo", "StackSettings"]

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from processor.settings import Settings
 from processor.stack import kafka as kafka_mod
+from processor.stack import kafka_jars, kafka_probe
 from processor.stack import redis_server as redis_mod
 from processor.stack.ports import LOOPBACK, pick_port, port_is_free
 from processor.stack.process import (
@@ -23,6 +23,7 @@ from processor.stack.process import (
     spawn,
     stop,
 )
+from processor.stack.settings import StackSettings
 from processor.stack.state import ServiceState, StackInfo, StackState, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
 DEFAULT_REDIS_PORT = 6379
+# USAGE_TOPIC_PARTITIONS' default: what a topic the broker creates by itself gets
+DEFAULT_PARTITIONS = 8
 START_ATTEMPTS = 3
 
 
@@ -38,12 +41,14 @@ class LocalStack:
 
     All state lives under ``settings.stack_dir``; the Kafka jars under ``settings.cache_dir``.
     ``up()`` reuses what already runs, ``down()`` stops only what it recorded starting.
+    ``partitions`` is the broker's ``num.partitions`` (the worker's USAGE_TOPIC_PARTITIONS).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: StackSettings,
         *,
+        partitions: int = DEFAULT_PARTITIONS,
         prefer_default_ports: bool = True,
         ready_timeout: float = 90.0,
         stop_timeout: float = 30.0,
@@ -52,6 +57,7 @@ class LocalStack:
         self.stack_dir = Path(settings.stack_dir).expanduser().resolve()
         self.cache_dir = Path(settings.cache_dir).expanduser().resolve()
         self.kafka_version = settings.kafka_version
+        self.partitions = partitions
         self.prefer_default_ports = prefer_default_ports
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -64,12 +70,12 @@ class LocalStack:
     def install(self) -> str:
         """Fetch the Kafka jars (once per version, cached) and make sure redis-server exists."""
         started = time.monotonic()
-        cached = kafka_mod.jars_installed(self.cache_dir, self.kafka_version)
+        cached = kafka_jars.jars_installed(self.cache_dir, self.kafka_version)
         if not cached:
             log.info("fetching Apache Kafka %s jars with Maven (once)", self.kafka_version)
-        libs = kafka_mod.install_jars(self.cache_dir, self.kafka_version)
+        libs = kafka_jars.install_jars(self.cache_dir, self.kafka_version)
         redis_binary = redis_mod.install_redis()
-        kafka_mod.java_binary()
+        kafka_jars.java_binary()
         how = "cached" if cached else f"fetched in {time.monotonic() - started:.1f}s"
         return f"kafka {self.kafka_version} jars: {libs} ({how}); redis-server: {redis_binary}"
 
@@ -224,11 +230,7 @@ class LocalStack:
             port = self._port(recorded, DEFAULT_REDIS_PORT)
             redis_mod.write_config(self.redis_layout, port)
             log.info("starting redis-server on %s:%d", LOOPBACK, port)
-            proc = spawn(
-                redis_mod.argv(binary, self.redis_layout),
-                log_file=self.redis_layout.stdout_log,
-                cwd=self.redis_layout.root,
-            )
+            proc = redis_mod.launch(binary, self.redis_layout)
             self._procs[proc.pid] = proc
             time.sleep(0.05)
             record = record_for(proc, "redis-server")
@@ -260,12 +262,12 @@ class LocalStack:
             self._wait(
                 "kafka",
                 current.process,
-                lambda: kafka_mod.probe_broker(LOOPBACK, port),
+                lambda: kafka_probe.probe_broker(LOOPBACK, port),
                 self.kafka_layout.tail,
             )
             return current
-        libs = kafka_mod.install_jars(self.cache_dir, self.kafka_version)
-        java = kafka_mod.java_binary()
+        libs = kafka_jars.install_jars(self.cache_dir, self.kafka_version)
+        java = kafka_jars.java_binary()
         layout = self.kafka_layout
         recorded = current.port if current else None
         recorded_ctl = int(current.extra.get("controller_port", 0)) if current else None
@@ -277,7 +279,7 @@ class LocalStack:
                 layout,
                 broker_port=port,
                 controller_port=ctl,
-                partitions=self.settings.topic_partitions,
+                partitions=self.partitions,
             )
             kafka_mod.format_storage(java, libs, layout)
             log.info("starting kafka %s on %s:%d", self.kafka_version, LOOPBACK, port)
@@ -302,7 +304,7 @@ class LocalStack:
                 self._wait(
                     "kafka",
                     record,
-                    functools.partial(kafka_mod.probe_broker, LOOPBACK, port),
+                    functools.partial(kafka_probe.probe_broker, LOOPBACK, port),
                     layout.tail,
                 )
                 return service

@@ -1,4 +1,9 @@
-"""Redis from Debian's ``redis-server`` package, on a loopback port, AOF persistence on."""
+"""Redis from Debian's ``redis-server`` package, on a loopback port, AOF persistence on.
+
+The one way this project starts a redis-server: the local stack, and the tests that need
+a server of their own (without persistence, as a replica, with TLS) through the keyword
+arguments of ``render_redis_conf``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,12 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from processor.stack.process import StackError, log_tail
+from processor.stack.ports import LOOPBACK
+from processor.stack.process import StackError, log_tail, spawn
 
 REDIS_BINARY = "redis-server"
 APT_PACKAGE = "redis-server"
@@ -90,8 +97,20 @@ def install_redis() -> str:
     return found
 
 
-def render_redis_conf(layout: RedisLayout, port: int, host: str = "127.0.0.1") -> str:
-    """Configuration a user would run with: loopback only, AOF every second, RDB kept."""
+def render_redis_conf(
+    layout: RedisLayout,
+    port: int,
+    host: str = LOOPBACK,
+    *,
+    appendonly: bool = True,
+    snapshots: bool = True,
+    extra: Sequence[str] = (),
+) -> str:
+    """Configuration a user would run with: loopback only, AOF every second, RDB kept.
+
+    The keyword arguments are for tests' own servers: ``appendonly``/``snapshots`` off
+    for a throw-away server, ``extra`` directives (``replicaof``, TLS) appended.
+    """
     return "\n".join(
         [
             "# written by usage-stream's local stack; regenerated on every start",
@@ -103,24 +122,40 @@ def render_redis_conf(layout: RedisLayout, port: int, host: str = "127.0.0.1") -
             f"logfile {layout.log}",
             "loglevel notice",
             f"dir {layout.data_dir}",
-            "appendonly yes",
+            f"appendonly {'yes' if appendonly else 'no'}",
             "appendfsync everysec",
             'appendfilename "appendonly.aof"',
-            "save 3600 1 300 100 60 10000",
+            "save 3600 1 300 100 60 10000" if snapshots else 'save ""',
             "databases 16",
             "maxclients 10000",
+            *extra,
             "",
         ]
     )
 
 
-def write_config(layout: RedisLayout, port: int) -> None:
+def write_config(
+    layout: RedisLayout,
+    port: int,
+    *,
+    appendonly: bool = True,
+    snapshots: bool = True,
+    extra: Sequence[str] = (),
+) -> None:
+    """``render_redis_conf`` into the layout's config file, its data dir created."""
     layout.data_dir.mkdir(parents=True, exist_ok=True)
-    layout.config.write_text(render_redis_conf(layout, port))
+    text = render_redis_conf(layout, port, appendonly=appendonly, snapshots=snapshots, extra=extra)
+    layout.config.write_text(text)
 
 
 def argv(binary: str, layout: RedisLayout) -> list[str]:
     return [binary, str(layout.config)]
+
+
+def launch(binary: str, layout: RedisLayout) -> subprocess.Popen[bytes]:
+    """Start redis-server on the layout's config (``write_config`` first), detached, its
+    stdout in the layout's ``redis.out``; the caller waits for ``ping``."""
+    return spawn(argv(binary, layout), log_file=layout.stdout_log, cwd=layout.root)
 
 
 def ping(host: str, port: int, timeout: float = 1.0) -> bool:

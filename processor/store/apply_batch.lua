@@ -1,22 +1,27 @@
--- Apply one batch of run deltas atomically, with the dedup marks of its entries and the
--- next offsets of the partitions it came from.
+-- Apply one batch of run deltas atomically, with the dedup marks of its entries, the
+-- users' windows, the alerts it fires, invoice adjustments (and their outbox messages)
+-- and the next offsets of the partitions it came from.
 --
--- ARGV[1]: msgpack {fields, seen, groups, users} (shape: processor/store/runs.py);
+-- ARGV[1]: msgpack {fields, seen, groups, users, trees?} (shape: processor/store/runs.py);
 --   `fields` lists the call's counter names once and groups and users refer to them by
 --   1-based index; `seen` holds, per tenant, the dedup hash key without its generation;
---   `users` holds what the call's groups add to each user's windows, summed per user.
--- ARGV[2]: msgpack control {stats, token, dedup_ttl, entry_ttl, offsets, write_offsets}:
---   `token` marks this batch's dedup entries (so a retry after a lost reply can tell its
---   own earlier writes from real duplicates); `offsets` = {key, {{field, expected,
---   target}, ...}} or absent.
--- ARGV[3]: the entries' bodies concatenated; a group carries {offset of its first body,
---   length of each body}. One plain argument: the script never decodes them.
+--   `users` holds what the call's groups add to each user's windows, summed per user, with
+--   the alert checks of those windows; `trees` (only with run rules) the run-tree keys
+--   of each tenant.
+-- ARGV[2]: msgpack control {stats, token, dedup_ttl, entry_ttl, offsets, write_offsets,
+--   outbox, alerts_outbox, alert_ttl_ms, now_ms, and with run rules run_rules,
+--   run_rules_tag, tree_depth, tree_children, tree_cap}: `token` marks this batch's dedup
+--   entries (so a retry after a lost reply can tell its own earlier writes from real
+--   duplicates); `offsets` = {key, {{field, expected, target}, ...}} or absent.
+-- ARGV[3]: every entry body of the call concatenated, one blob; a group carries {offset
+--   of its first body, length of each body}. One plain argument: the script never
+--   decodes them.
 --
--- Order: every check first (offsets, dedup, counter ranges, which months are invoiced),
--- then the writes. Redis does not roll a script back when a command fails half-way, so
--- nothing may fail after the first write: all reads and writes go in chunks well below
--- Lua's unpack limit (LUAI_MAXCSTACK, 8000), and counters are checked to stay within 64
--- bits. A call is all or nothing: when any check fails, nothing is written and every
+-- Order: every check first (offsets, dedup, counter ranges, which months are invoiced,
+-- user alerts, run-tree alerts in section 5b), then the writes. Redis does not roll a
+-- script back when a command fails half-way, so nothing may fail after the first write:
+-- all reads and writes go in chunks well below Lua's unpack limit (LUAI_MAXCSTACK, 8000),
+-- and counters are checked to stay within 64 bits. A call is all or nothing: when any check fails, nothing is written and every
 -- problem is reported back (the caller resolves them and sends the rest again), because
 -- the users' increments are summed over all the call's groups. Offsets are written only
 -- by a call that applied, so a batch moves its partitions on only once all of it is in.

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
+from processor.domain.fields import F_COUNT
 from processor.domain.invoices import (
     STATUSES,
     TRANSITIONS,
@@ -28,7 +29,6 @@ from processor.domain.invoices import (
     invoice_id,
 )
 from processor.domain.money import format_usd
-from processor.domain.rollup import F_COUNT
 from processor.domain.windows import WindowUsage
 from processor.store.keys import Keys
 from processor.store.runs import INVOICES_OUTBOX

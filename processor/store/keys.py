@@ -10,7 +10,7 @@ Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 
 - ``p:seen:t:<generation>``     hash: entry id -> 1 for ids applied in that generation
                                 (``now // dedup retention``); expires after the next one
-- ``p:run:t:<runId>``           hash: the run's own rollup counters (see domain.rollup)
+- ``p:run:t:<runId>``           hash: the run's own rollup counters (see domain.fields)
 - ``p:runkids:t:<runId>``       sorted set, all scores 0 (so ordered by id): sub-agent run ids
                                 referenced by the run; read in capped ranges
 - ``p:runparents:t:<runId>``   set: the runs whose ``subagent`` entries name this run (what
@@ -46,17 +46,12 @@ Layout (``p`` = prefix, ``t`` = tenant id, all ids escaped):
 - ``p:alerts:t``                sorted set: alert ids scored by triggeredAt
 - ``p:alertsbyuser:t:<userId>`` sorted set: the user's alert ids scored by triggeredAt
 - ``p:alertsbyrun:t:<runId>``   sorted set: the run's alert ids scored by triggeredAt
-                                (written by run alerts)
+                                (written by the batch step's run-tree alerts)
 - ``p:outbox:<name>``           stream: messages decided in Redis, waiting for the relay
                                 to publish them to Kafka (processor/outbox.py)
 - ``p:offsets:<group>``         hash: ``<topic>:<partition>`` -> next offset to consume,
                                 written in the same atomic step as the batch's effects
 - ``p:stats``                   hash: ``applied`` = entries applied (all tenants)
-
-Faust tables on the ``redis://`` store (processor/store/faust_redis.py):
-
-- ``p:ftab:{<app>:<table>:<partition>}``         hash: serialized key -> serialized value
-- ``p:ftab:{<app>:<table>:<partition>}:offset``  string: last changelog offset applied
 """
 
 from __future__ import annotations
@@ -189,26 +184,3 @@ class Keys:
     def pattern_all(self) -> str:
         """Glob matching every key of this prefix (used by tests and `stack` tooling)."""
         return f"{self.prefix}:*"
-
-
-# --- Faust tables on the redis:// store -------------------------------------------------
-
-
-def table_data_key(prefix: str, app_id: str, table: str, partition: int) -> str:
-    """Hash of one table partition: field = serialized key, value = serialized value.
-
-    The ``{...}`` hash tag keeps a partition's data and offset in one cluster slot.
-    """
-    return f"{prefix}:ftab:{{{app_id}:{table}:{partition}}}"
-
-
-def table_offset_key(prefix: str, app_id: str, table: str, partition: int) -> str:
-    """String: the last changelog offset whose effect the partition's hash holds."""
-    return table_data_key(prefix, app_id, table, partition) + ":offset"
-
-
-def table_keys_pattern(prefix: str, app_id: str, table: str) -> str:
-    """SCAN glob matching every key of one table (all partitions)."""
-    raw = f"{prefix}:ftab:{{{app_id}:{table}:"
-    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in raw)
-    return escaped + "*"

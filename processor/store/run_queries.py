@@ -19,7 +19,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 
 from processor.domain.accept import entry_from_stored
-from processor.domain.rollup import RunRollup
+from processor.domain.readback import RunRollup
 from processor.metrics import UsageMetrics
 from processor.store.keys import Keys
 

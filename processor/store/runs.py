@@ -25,12 +25,7 @@ from redis.exceptions import ResponseError
 
 from processor.domain.alert_rules import AlertRule
 from processor.domain.alerts import run_checks
-from processor.domain.rollup import (
-    AcceptedEntry,
-    RunDelta,
-    fold_batch,
-    fold_run,
-)
+from processor.domain.fold import AcceptedEntry, RunDelta, fold_batch, fold_run
 from processor.domain.windows import Retention
 from processor.store.keys import Keys
 from processor.store.tree_totals import MAX_NODES as MAX_TREE_NODES
@@ -38,8 +33,9 @@ from processor.store.user_payload import Alerting, Invoiced, WindowIdent, user_p
 
 _APPLY_LUA = resources.files("processor.store").joinpath("apply_batch.lua").read_text("utf-8")
 
-#: Entry bodies per script call: a batch of maximum-size entries (2,000 x 64 KiB) is
-#: split into calls of at most this much, so no argument or reply nears Redis' limits.
+#: Entry bodies per script call: a batch of maximum-size entries (5,000 by default x
+#: 64 KiB) is split into calls of at most this much, so no argument or reply nears
+#: Redis' limits.
 CALL_MAX_BYTES = 8 * 1024 * 1024
 
 # Each round applies groups or strictly shrinks them (seen ids dropped, overflowing or

@@ -1,7 +1,8 @@
 """An independent model of what the run API must answer, plus the checks that compare them.
 
-The model (``GroundTruth``) is written from CONTRACT §2, §3.1 and §7 only: it does not import
-``processor.domain.rollup`` or ``processor.store``, and it prices entries itself with
+The model (``GroundTruth``) is written from CONTRACT §2, §3.1 and §7 only: it does not use
+the processor's fold or read-back (``processor.domain.fold``, ``processor.domain.readback``)
+nor the store's apply and queries (only its key names), and it prices entries itself with
 ``Decimal`` arithmetic from the catalog's public prices (``PricePeriod`` rates in USD per
 million tokens), never through ``PriceCatalog.price_tokens``. Money is compared as exact
 decimal strings; durations and custom values as exact decimals.

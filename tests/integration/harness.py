@@ -27,6 +27,7 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from processor.settings import ENV_PREFIX, Settings, settings_env
 from processor.stack.ports import pick_port
 from processor.stack.process import log_tail
+from processor.stack.settings import StackSettings
 from processor.topics import topic_configs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,13 @@ def build_settings(**values: Any) -> Settings:
     """``Settings`` from explicit values only: no USAGE_* variables, no ``.env`` file."""
     with _without_usage_env():
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def stack_settings(stack_dir: Path) -> StackSettings:
+    """The local stack's settings with its state in ``stack_dir``; the jar cache and the
+    Kafka version from ``USAGE_CACHE_DIR`` / ``USAGE_KAFKA_VERSION`` as make and CI set
+    them (never from a ``.env``)."""
+    return StackSettings(_env_file=None, stack_dir=stack_dir)  # type: ignore[call-arg]
 
 
 def unique_settings(kafka_bootstrap: str, redis_url: str, **overrides: Any) -> Settings:

@@ -40,7 +40,7 @@ from aiokafka.errors import KafkaError
 from processor.settings import Settings
 from processor.stack import redis_server as redis_mod
 from processor.stack.ports import LOOPBACK, pick_port
-from processor.stack.process import log_tail, spawn
+from processor.stack.process import log_tail
 from processor.store.keys import Keys
 from tests.integration.ground_truth import (
     GroundTruth,
@@ -87,23 +87,13 @@ class RedisServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def config_text(self) -> str:
-        text = redis_mod.render_redis_conf(self.layout, self.port)
-        if not self.appendonly:
-            text = text.replace("appendonly yes", "appendonly no")
-        if self.replica_of is not None:
-            text += f"replicaof {LOOPBACK} {self.replica_of.port}\n"
-        return text
-
     async def start(self, timeout: float = 30.0) -> RedisServer:
         binary = redis_mod.install_redis()
-        self.layout.data_dir.mkdir(parents=True, exist_ok=True)
-        self.layout.config.write_text(self.config_text())
-        self.proc = spawn(
-            redis_mod.argv(binary, self.layout),
-            log_file=self.layout.stdout_log,
-            cwd=self.layout.root,
+        replica = (
+            () if self.replica_of is None else (f"replicaof {LOOPBACK} {self.replica_of.port}",)
         )
+        redis_mod.write_config(self.layout, self.port, appendonly=self.appendonly, extra=replica)
+        self.proc = redis_mod.launch(binary, self.layout)
 
         async def answers() -> bool:
             if not self.alive:

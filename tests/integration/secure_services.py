@@ -6,7 +6,7 @@ Everything is made in a temporary directory per test module:
 * a throw-away CA and certificates from ``openssl``: the servers' certificate names
   ``localhost`` and ``127.0.0.1`` (clients check the host name), a client certificate
   with an encrypted key, and a second, unrelated CA that must be refused;
-* Kafka 3.9 from the local stack's cached jars (``processor.stack.kafka``), one combined
+* Kafka 3.9 from the local stack's cached jars (``processor.stack.kafka_jars``), one combined
   broker+controller in KRaft mode with four listeners: INTERNAL (plaintext, between the
   broker and itself, and the readiness probe), SASL_SSL (PLAIN, SCRAM-SHA-256,
   SCRAM-SHA-512), SSL with ``ssl.client.auth=required``, and CONTROLLER. The SCRAM users
@@ -31,6 +31,8 @@ import pytest
 import redis
 
 from processor.stack import kafka as kafka_mod
+from processor.stack import kafka_jars, kafka_probe
+from processor.stack import redis_server as redis_mod
 from processor.stack.ports import LOOPBACK, pick_port
 from processor.stack.process import ProcessRecord, log_tail, record_for, spawn, stop
 from processor.stack.redis_server import find_redis_server
@@ -237,8 +239,8 @@ def _server_properties(
 def secure_kafka(root: Path, pki: Pki, cache_dir: Path, version: str) -> Iterator[SecureKafka]:
     """Start the broker (formatting its log dir with the SCRAM users), wait until it
     answers, stop it at exit."""
-    libs = kafka_mod.install_jars(cache_dir, version)
-    java = kafka_mod.java_binary()
+    libs = kafka_jars.install_jars(cache_dir, version)
+    java = kafka_jars.java_binary()
     layout = kafka_mod.KafkaLayout(root)
     root.mkdir(parents=True, exist_ok=True)
     taken: list[int] = []
@@ -277,7 +279,7 @@ def secure_kafka(root: Path, pki: Pki, cache_dir: Path, version: str) -> Iterato
     try:
         record = record_for(proc, str(layout.server_properties))
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not kafka_mod.probe_broker(LOOPBACK, ports["INTERNAL"]):
+        while not kafka_probe.probe_broker(LOOPBACK, ports["INTERNAL"]):
             if proc.poll() is not None:
                 raise RuntimeError(f"the SASL_SSL Kafka exited during start-up\n{layout.tail()}")
             if time.monotonic() > deadline:
@@ -311,17 +313,20 @@ def tls_redis(root: Path, pki: Pki) -> Iterator[TlsRedis]:
     binary = find_redis_server()
     if binary is None:
         pytest.fail("redis-server is needed by the TLS integration tests", pytrace=False)
-    root.mkdir(parents=True, exist_ok=True)
+    layout = redis_mod.RedisLayout(root)
     port = pick_port()
-    log = root / "redis.log"
-    argv = [
-        binary, "--bind", LOOPBACK, "--port", "0", "--tls-port", str(port),
-        "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key),
-        "--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", "no",
-        "--requirepass", REDIS_PASSWORD, "--save", "", "--appendonly", "no",
-        "--dir", str(root), "--logfile", str(log),
-    ]  # fmt: skip
-    proc = spawn(argv, log_file=root / "redis.out", cwd=root)
+    log = layout.log
+    # the stack's configuration, with the plaintext port closed (port 0) and TLS on `port`
+    tls = (
+        f"tls-port {port}",
+        f"tls-cert-file {pki.server_cert}",
+        f"tls-key-file {pki.server_key}",
+        f"tls-ca-cert-file {pki.ca}",
+        "tls-auth-clients no",
+        f"requirepass {REDIS_PASSWORD}",
+    )
+    redis_mod.write_config(layout, 0, appendonly=False, snapshots=False, extra=tls)
+    proc = redis_mod.launch(binary, layout)
     record: ProcessRecord | None = None
     try:
         record = record_for(proc, "redis-server")

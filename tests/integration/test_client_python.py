@@ -5,7 +5,6 @@ nothing."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from processor.stack import LocalStack, StackInfo
 from processor.stack.ports import pick_port
 from tests.integration.harness import (
     WorkerProcess,
-    build_settings,
     create_topics,
+    stack_settings,
     unique_settings,
     wait_for,
 )
@@ -212,14 +211,9 @@ class OwnStack:
 def own_stack(tmp_path: Path) -> Iterator[OwnStack]:
     # The restarted broker must come back on the same port (the recorder's bootstrap
     # address is fixed): LocalStack reuses a recorded port when free.
-    defaults = build_settings()
-    stack_settings = build_settings(
-        stack_dir=tmp_path / "own-stack",
-        cache_dir=os.environ.get("USAGE_CACHE_DIR") or defaults.cache_dir,
-        kafka_version=os.environ.get("USAGE_KAFKA_VERSION") or defaults.kafka_version,
-        topic_partitions=4,
+    local = LocalStack(
+        stack_settings(tmp_path / "own-stack"), partitions=4, prefer_default_ports=False
     )
-    local = LocalStack(stack_settings, prefer_default_ports=False)
     try:
         info = local.up()
         yield OwnStack(local, info)
@@ -231,11 +225,7 @@ def own_stack(tmp_path: Path) -> Iterator[OwnStack]:
 async def test_broker_down_mid_run_and_back_loses_and_duplicates_nothing(
     own_stack: OwnStack, tmp_path: Path
 ) -> None:
-    settings = unique_settings(
-        own_stack.info.kafka_bootstrap,
-        own_stack.info.redis_url,
-        stack_dir=tmp_path / "unused-stack",
-    )
+    settings = unique_settings(own_stack.info.kafka_bootstrap, own_stack.info.redis_url)
     await create_topics(settings)
     runs = [f"outage-run-{i}" for i in range(4)]
     expected: dict[str, list[TokenUsage]] = {r: [] for r in runs}

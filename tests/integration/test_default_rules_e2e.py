@@ -27,8 +27,8 @@ from processor.consumer import ingest_group_id
 from processor.domain.alert_rules import DEFAULT_RULES
 from processor.settings import Settings
 from processor.stack.ports import pick_port
-from tests.integration import test_run_alerts_e2e as runs_e2e
-from tests.integration import test_user_alerts_e2e as users_e2e
+from tests.integration import run_alert_truth as runs_e2e
+from tests.integration import user_alert_truth as users_e2e
 from tests.integration.ground_truth import (
     Entry,
     messages,

@@ -10,8 +10,8 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
+from processor.batch_pipeline import now_ms
 from processor.consumer import ingest_group_id
-from processor.ingest import now_ms
 from processor.settings import Settings
 from processor.simulate import Fleet, encode
 from processor.store.keys import Keys

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from processor.batch_pipeline import IngestPipeline, now_ms
 from processor.consumer import IngestConsumer, ingest_group_id
 from processor.domain.pricing import PriceCatalog, load_catalog
-from processor.ingest import IngestPipeline, now_ms
 from processor.metrics import UsageMetrics
 from processor.publisher import Publisher
 from processor.settings import Settings

@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from processor.connections import explain_kafka_failure, kafka_options, redis_client
 from processor.settings import ENV_PREFIX, Settings
-from tests.integration.harness import WorkerProcess, build_settings, unique_settings, wait_for
+from tests.integration.harness import WorkerProcess, stack_settings, unique_settings, wait_for
 from tests.integration.secure_services import (
     CLIENT_KEY_PASSWORD,
     KEYSTORE_PASSWORD,
@@ -60,11 +60,9 @@ SECRETS = [*SCRAM_USERS.values(), *PLAIN_USERS.values(), REDIS_PASSWORD, CLIENT_
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, SecureKafka, TlsRedis]]:
     root = tmp_path_factory.mktemp("secure-services")
     pki = make_pki(root / "pki")
-    defaults = build_settings()
-    cache_dir = Path(os.environ.get("USAGE_CACHE_DIR") or defaults.cache_dir)
-    version = os.environ.get("USAGE_KAFKA_VERSION") or defaults.kafka_version
+    local = stack_settings(root / "unused-stack")
     with (
-        secure_kafka(root / "kafka", pki, cache_dir, version) as kafka,
+        secure_kafka(root / "kafka", pki, local.cache_dir, local.kafka_version) as kafka,
         tls_redis(root / "redis", pki) as redis_server,
     ):
         yield pki, kafka, redis_server

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from processor.ingest import now_ms
+from processor.batch_pipeline import now_ms
 from processor.settings import Settings
 from processor.stack.ports import pick_port
 from tests.integration.harness import WorkerProcess, create_topics, produce, wait_for

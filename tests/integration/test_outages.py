@@ -51,8 +51,8 @@ from tests.integration.ground_truth import (
 )
 from tests.integration.harness import (
     WorkerProcess,
-    build_settings,
     create_topics,
+    stack_settings,
     unique_settings,
     wait_for,
 )
@@ -64,6 +64,10 @@ from tests.integration.redis_control import (
     count_lines,
     log_digest,
 )
+
+# above the default per-test timeout: the waits' own deadlines (the producer's 300 s, the
+# catch-up's 240 s) fail first, with a message that says what was not reached
+pytestmark = pytest.mark.timeout(600)
 
 ENTRIES = 20_000
 RATE = 1_000.0  # entries per second, before and after the outage
@@ -77,13 +81,9 @@ RETRY_MAX_S = 2.0  # USAGE_RETRY_MAX_SECONDS: several retries fit in the outage
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A Kafka + Redis for this module only."""
-    defaults = build_settings()
-    stack_settings = build_settings(
-        stack_dir=tmp_path_factory.mktemp("outage-stack"),
-        cache_dir=os.environ.get("USAGE_CACHE_DIR") or defaults.cache_dir,
-        kafka_version=os.environ.get("USAGE_KAFKA_VERSION") or defaults.kafka_version,
+    local = LocalStack(
+        stack_settings(tmp_path_factory.mktemp("outage-stack")), prefer_default_ports=False
     )
-    local = LocalStack(stack_settings, prefer_default_ports=False)
     try:
         local.up()
         yield local
@@ -119,7 +119,6 @@ async def start_run(
     settings = unique_settings(
         info.kafka_bootstrap,
         info.redis_url,
-        stack_dir=tmp_path / "usage-stack",
         retry_max_seconds=RETRY_MAX_S,
         **overrides,
     )

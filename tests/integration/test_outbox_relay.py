@@ -270,7 +270,6 @@ class RelayProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-@pytest.mark.slow
 async def test_sigkill_at_random_moments_then_drain_is_exact(
     outbox: Settings, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import genai_prices
 import httpx
 
+from processor.batch_pipeline import now_ms
 from processor.consumer import ingest_group_id
-from processor.ingest import now_ms
 from processor.settings import Settings
 from tests.integration.ground_truth import wait_caught_up
 from tests.integration.harness import WorkerProcess, create_topics, produce

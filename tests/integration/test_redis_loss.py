@@ -60,7 +60,7 @@ from tests.integration.redis_control import (
 )
 
 ENTRIES = 20_000
-RATE = 2_000.0  # entries per second while producing
+RATE = 4_000.0  # entries per second while producing (a worker applies several times that)
 HEAD = 0.85  # share of the stream produced before the loss; the rest once recovered
 GOES_ON = 0.10  # share of the stream the worker applies on the primary after the moment
 

@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from processor.store.runs import RunStore
-from tests.unit.test_api_support import make_store, redis_server, unique_prefix
+from tests.unit.api_support import make_store, redis_server, unique_prefix
 
 
 @pytest.fixture(scope="session")

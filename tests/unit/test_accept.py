@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from processor.domain.accept import accept_entry, entry_from_stored
+from processor.domain.counts import TokenCounts
 from processor.domain.pricing import load_catalog
-from processor.domain.rollup import TokenCounts
 from schemas.entry import parse_entry
 
 NOW = 1_795_392_000_000

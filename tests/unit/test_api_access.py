@@ -10,13 +10,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from processor.stack.ports import pick_port
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
 from schemas.api import ErrorResponse
-from tests.unit.test_api_support import (
+from tests.unit.api_support import (
     T0,
     build_app,
-    free_port,
     make_settings,
     make_store,
     tokens,
@@ -171,7 +171,7 @@ async def test_unexpected_exception_is_json_500_and_logged(
 
 
 async def test_redis_down_is_json_503(make_client: ClientFactory) -> None:
-    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", decode_responses=True)
+    dead = Redis.from_url(f"redis://127.0.0.1:{pick_port()}/0", decode_responses=True)
     try:
         client = await make_client(make_store(dead, unique_prefix()))
         for path in ("/v1/runs/r/rollup", "/v1/runs/r/entries", "/v1/runs"):

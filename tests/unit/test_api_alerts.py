@@ -24,8 +24,8 @@ from processor.store.alert_queries import SCAN_FACTOR, AlertQueries
 from processor.store.keys import Keys
 from processor.store.runs import ALERTS_OUTBOX, RunStore
 from schemas.api import AlertList
-from tests.unit.test_api_support import make_queries, make_settings, ready_probe, tokens
-from tests.unit.test_api_users import KEYS, build_full_app, call, start_client
+from tests.unit.api_support import make_queries, make_settings, ready_probe, tokens
+from tests.unit.user_api_support import KEYS, build_full_app, call, start_client
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 USD = 10**12

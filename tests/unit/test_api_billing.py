@@ -15,8 +15,8 @@ from processor.domain.invoices import invoice_id
 from processor.store.runs import RunStore
 from schemas.api import BillingUsers, InvoiceList
 from schemas.invoice import Invoice
-from tests.unit.test_api_support import custom, make_settings, tokens, tool
-from tests.unit.test_api_users import (
+from tests.unit.api_support import custom, make_settings, tokens, tool
+from tests.unit.user_api_support import (
     BAD_PERIODS,
     KEYS,
     NOW,

@@ -18,7 +18,7 @@ from processor.store.budget_queries import BudgetQueries
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
 from schemas.api import Budgets
-from tests.unit.test_api_support import (
+from tests.unit.api_support import (
     make_queries,
     make_settings,
     ready_probe,
@@ -26,7 +26,7 @@ from tests.unit.test_api_support import (
     tokens,
     tool,
 )
-from tests.unit.test_api_users import call, start_client
+from tests.unit.user_api_support import call, start_client
 
 USD = 10**12
 DAY0 = 1_733_011_200_000  # 2024-12-01T00:00:00Z

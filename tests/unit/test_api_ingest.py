@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from processor.api.auth import make_auth_middleware
 from processor.api.context import ApiContext, Readiness
 from processor.api.errors import error_middleware
-from processor.api.ingest import (
+from processor.api.http_ingest import (
     INGEST,
     MAX_BODY_BYTES,
     IngestViews,

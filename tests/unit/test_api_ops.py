@@ -15,7 +15,7 @@ from processor.api.context import Readiness
 from processor.api.openapi import Param, RouteSpec, add_route
 from processor.api.ops import metrics_handler
 from processor.store.runs import RunStore
-from tests.unit.test_api_support import (
+from tests.unit.api_support import (
     build_app,
     make_settings,
     make_store,

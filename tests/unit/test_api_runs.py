@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from processor.store.runs import RunStore
 from schemas.api import EntriesPage, RunList, RunRollup
-from tests.unit.test_api_support import (
+from tests.unit.api_support import (
     T0,
     build_app,
     custom,

@@ -181,8 +181,7 @@ def test_shutdown_fits_the_termination_grace_period() -> None:
 
 def test_a_read_only_root_has_a_writable_tmp() -> None:
     container = worker_container()
-    if not container.get("securityContext", {}).get("readOnlyRootFilesystem"):
-        return
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # Faust's data directory is a tempfile.mkdtemp() directory (processor/app.py)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in one("Deployment")["spec"]["template"]["spec"]["volumes"]}

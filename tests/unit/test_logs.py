@@ -22,7 +22,7 @@ from processor.logs import (
     kafka_position,
 )
 from processor.settings import Settings
-from tests.unit.test_batch_apply import Rig, as_messages, entry, llm
+from tests.unit.batch_rig import Rig, as_messages, entry, llm
 
 
 def _record(msg: str, *args: object, level: int = logging.INFO, **extra: Any) -> logging.LogRecord:
@@ -150,7 +150,7 @@ async def test_a_message_dead_lettered_as_internal_is_logged_with_its_position(
     catalog.__dict__.update(base.__dict__)
     rig = Rig(redis, prefix, catalog)
     messages = as_messages([llm("r", 0, "gpt-4o"), llm("r", 1, "explode")], partition=3)
-    with caplog.at_level(logging.ERROR, logger="processor.ingest"):
+    with caplog.at_level(logging.ERROR, logger="processor.batch_pipeline"):
         await rig.pipeline.process(messages)
     (record,) = [r for r in caplog.records if "internal" in r.getMessage()]
     fields = json.loads(JsonFormatter().format(record))

@@ -8,23 +8,19 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.domain.rollup import (
+from processor.domain.counts import CallStats, TokenCounts
+from processor.domain.fields import (
     CUSTOM_DECIMALS,
     T_TOKENS,
-    AcceptedEntry,
-    CallStats,
-    RunRollup,
-    TokenCounts,
     custom_to_nano,
     duration_to_us,
     field_name,
-    fold_batch,
-    fold_run,
     nano_to_number,
-    sum_tree,
     us_to_ms,
-    walk_tree_levels,
 )
+from processor.domain.fold import AcceptedEntry, fold_batch, fold_run
+from processor.domain.readback import RunRollup
+from processor.domain.trees import sum_tree, walk_tree_levels
 
 names = st.text(min_size=1, max_size=12)
 

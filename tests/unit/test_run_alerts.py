@@ -12,10 +12,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from processor.domain.alert_rules import AlertRule
-from processor.domain.rollup import AcceptedEntry
+from processor.domain.fold import AcceptedEntry
 from processor.store.keys import Keys
 from processor.store.runs import ALERTS_OUTBOX, ApplyResult, RunStore
-from tests.unit.test_api_support import subagent, tokens
+from tests.unit.api_support import subagent, tokens
 
 T0 = 1_733_011_200_000
 BUDGET = AlertRule("run-token-budget", "run", "run", "tokens", Decimal("80000"), Decimal("100000"))

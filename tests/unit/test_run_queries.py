@@ -18,12 +18,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from processor.domain.accept import COST_SEPARATOR
-from processor.domain.rollup import F_COUNT, F_USER
+from processor.domain.fields import F_COUNT, F_USER
 from processor.metrics import UsageMetrics
 from processor.store.keys import Keys
 from processor.store.run_queries import EntryFilter, EntryPage, RunQueries
 from processor.store.runs import RunStore
-from tests.unit.test_api_support import T0, build_app, make_settings
+from tests.unit.api_support import T0, build_app, make_settings
 
 TENANT = "default"
 KINDS = ("tokens", "tool", "subagent", "custom")

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from processor.store.keys import Keys
 from processor.store.run_queries import EntryFilter, RunQueries
 from processor.store.runs import RunStore
-from tests.unit.test_api_support import (
+from tests.unit.api_support import (
     custom,
     make_queries,
     make_settings,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from processor.settings import Settings, SettingsError, load_settings, settings_env
+from processor.stack.settings import StackSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -23,10 +24,31 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_readme_configuration_table_lists_every_setting() -> None:
-    documented = set(re.findall(r"^\| `(USAGE_[A-Z_]+)` \|", README.read_text(), re.M))
-    expected = {f"USAGE_{name.upper()}" for name in Settings.model_fields}
-    assert documented == expected
+def test_readme_configuration_tables_list_every_setting() -> None:
+    """The worker's table, then the local stack's: each lists exactly its class's fields."""
+    text = README.read_text()
+    section = text[text.index("\n## Configuration") :]
+    section = section[: section.index("\n## ", 1)]
+    tables = re.split(r"\n(?=\| variable \| default \| meaning \|)", section)[1:]
+    documented = [set(re.findall(r"^\| `(USAGE_[A-Z_]+)` \|", t, re.M)) for t in tables]
+    assert documented == [
+        {f"USAGE_{name.upper()}" for name in Settings.model_fields},
+        {f"USAGE_{name.upper()}" for name in StackSettings.model_fields},
+    ]
+
+
+def test_stack_variables_are_not_worker_settings(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """USAGE_STACK_DIR and the like, in the environment or a .env, do not stop a worker."""
+    (tmp_path / ".env").write_text("USAGE_KAFKA_VERSION=3.8.0\nUSAGE_API_PORT=7002\n")
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("USAGE_STACK_DIR", str(tmp_path / "stack"))
+    settings = load_settings()
+    assert settings.api_port == 7002
+    assert not {"stack_dir", "cache_dir", "kafka_version"} & set(Settings.model_fields)
+    stack = StackSettings()
+    assert (stack.stack_dir, stack.kafka_version) == (tmp_path / "stack", "3.8.0")
 
 
 def test_malformed_value_names_the_variable(clean_env: pytest.MonkeyPatch) -> None:

@@ -16,13 +16,20 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from processor.stack import LocalStack, StackError, StackInfo
+from processor.stack import (
+    LocalStack,
+    StackError,
+    StackInfo,
+    StackSettings,
+    kafka_jars,
+    kafka_probe,
+)
 from processor.stack import kafka as kafka_mod
 from processor.stack import redis_server as redis_mod
 from processor.stack.ports import pick_port, port_is_free
 from processor.stack.process import ProcessRecord, is_running, log_tail, record_for, spawn, stop
 from processor.stack.state import ServiceState, StackState, load_state, save_state
-from tests.integration.harness import build_settings, settings_env, wait_for
+from tests.integration.harness import build_settings, settings_env, stack_settings, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +74,7 @@ def test_env_lines_are_shell_exports() -> None:
 
 
 def test_env_lines_refuse_a_stopped_stack(tmp_path: Path) -> None:
-    local = LocalStack(build_settings(stack_dir=tmp_path / "s", cache_dir=tmp_path / "c"))
+    local = LocalStack(StackSettings(stack_dir=tmp_path / "s", cache_dir=tmp_path / "c"))
     assert local.info() is None
     with pytest.raises(StackError, match="not running"):
         local.env_lines()
@@ -112,31 +119,31 @@ def test_cluster_id_is_kafka_uuid_shaped() -> None:
 
 def test_a_stored_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
     """Stack dirs written before ids avoided "-" must still start: one-token option."""
-    settings = build_settings(stack_dir=tmp_path / "stack")
-    libs = kafka_mod.install_jars(settings.cache_dir, settings.kafka_version)
+    settings = stack_settings(tmp_path / "stack")
+    libs = kafka_jars.install_jars(settings.cache_dir, settings.kafka_version)
     layout = kafka_mod.KafkaLayout(tmp_path / "stack" / "kafka")
     kafka_mod.write_config(
         layout, broker_port=pick_port(), controller_port=pick_port(), partitions=1
     )
     layout.cluster_id_file.write_text("-Zy8Fw4pQ2uRk1n0bXc3aQ\n")
-    kafka_mod.format_storage(kafka_mod.java_binary(), libs, layout)
+    kafka_mod.format_storage(kafka_jars.java_binary(), libs, layout)
     assert "-Zy8Fw4pQ2uRk1n0bXc3aQ" in (layout.data_dir / "meta.properties").read_text()
 
 
 def test_embedded_pom_is_deploy_local_pom() -> None:
-    assert (REPO_ROOT / "deploy" / "local" / "pom.xml").read_text() == kafka_mod.POM_XML
-    assert "<artifactId>kafka_2.13</artifactId>" in kafka_mod.POM_XML
-    assert "${kafka.version}" in kafka_mod.POM_XML
+    assert (REPO_ROOT / "deploy" / "local" / "pom.xml").read_text() == kafka_jars.POM_XML
+    assert "<artifactId>kafka_2.13</artifactId>" in kafka_jars.POM_XML
+    assert "${kafka.version}" in kafka_jars.POM_XML
 
 
 def test_install_jars_skips_maven_when_marker_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    home = kafka_mod.kafka_home(tmp_path, "9.9.9")
+    home = kafka_jars.kafka_home(tmp_path, "9.9.9")
     (home / "libs").mkdir(parents=True)
-    (home / kafka_mod.COMPLETE_MARKER).write_text("done\n")
+    (home / kafka_jars.COMPLETE_MARKER).write_text("done\n")
     monkeypatch.setattr(shutil, "which", lambda _name: None)  # no mvn, no problem
-    assert kafka_mod.install_jars(tmp_path, "9.9.9") == home / "libs"
+    assert kafka_jars.install_jars(tmp_path, "9.9.9") == home / "libs"
 
 
 def test_install_jars_without_maven_is_a_clear_error(
@@ -144,11 +151,11 @@ def test_install_jars_without_maven_is_a_clear_error(
 ) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(StackError, match="Maven"):
-        kafka_mod.install_jars(tmp_path, "9.9.9")
+        kafka_jars.install_jars(tmp_path, "9.9.9")
 
 
 def test_metadata_request_and_response_codec() -> None:
-    request = kafka_mod.metadata_request(7, client_id="c")
+    request = kafka_probe.metadata_request(7, client_id="c")
     (size,) = struct.unpack(">i", request[:4])
     assert size == len(request) - 4
     assert struct.unpack(">hhi", request[4:12]) == (3, 4, 7)
@@ -165,13 +172,13 @@ def test_metadata_request_and_response_codec() -> None:
         + kstr("cluster")
         + struct.pack(">ii", 1, 0)
     )
-    assert kafka_mod.parse_metadata_brokers(7, frame) == [(1, "127.0.0.1", 9092)]
+    assert kafka_probe.parse_metadata_brokers(7, frame) == [(1, "127.0.0.1", 9092)]
     with pytest.raises(ValueError):
-        kafka_mod.parse_metadata_brokers(8, frame)
+        kafka_probe.parse_metadata_brokers(8, frame)
 
 
 def test_probe_broker_is_false_when_nothing_listens() -> None:
-    assert kafka_mod.probe_broker("127.0.0.1", pick_port(), timeout=0.5) is False
+    assert kafka_probe.probe_broker("127.0.0.1", pick_port(), timeout=0.5) is False
 
 
 # --- Redis config ----------------------------------------------------------------------
@@ -192,6 +199,17 @@ def test_redis_conf_persists_with_aof_on_loopback(tmp_path: Path) -> None:
         f"logfile {tmp_path / 'redis.log'}",
     ):
         assert expected in lines
+
+
+def test_redis_conf_options_of_a_tests_own_server(tmp_path: Path) -> None:
+    """What the tests' own servers add to the stack's configuration, and only that."""
+    layout = redis_mod.RedisLayout(tmp_path)
+    stack = redis_mod.render_redis_conf(layout, 16379).splitlines()
+    own = redis_mod.render_redis_conf(
+        layout, 16379, appendonly=False, snapshots=False, extra=("replicaof 127.0.0.1 1",)
+    ).splitlines()
+    assert set(stack) - set(own) == {"appendonly yes", "save 3600 1 300 100 60 10000"}
+    assert set(own) - set(stack) == {"appendonly no", 'save ""', "replicaof 127.0.0.1 1"}
 
 
 def test_redis_ping_is_false_when_nothing_listens() -> None:
@@ -226,7 +244,7 @@ def test_missing_state_is_empty_and_corrupt_state_is_an_error(tmp_path: Path) ->
 
 
 def test_status_reports_a_dead_recorded_process(tmp_path: Path) -> None:
-    settings = build_settings(stack_dir=tmp_path, cache_dir=tmp_path / "cache")
+    settings = StackSettings(stack_dir=tmp_path, cache_dir=tmp_path / "cache")
     dead = ProcessRecord(pid=2**22 + 1, start_ticks=1, cmd_token="redis-server")
     save_state(tmp_path, StackState(redis=ServiceState(port=6390, process=dead)))
     local = LocalStack(settings)
@@ -294,9 +312,7 @@ def test_build_settings_ignores_ambient_env(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_settings_env_round_trips_every_field(tmp_path: Path) -> None:
-    settings = build_settings(
-        api_keys=SecretStr("k1:tenant-a"), stack_dir=tmp_path, api_port=7001, topic_partitions=4
-    )
+    settings = build_settings(api_keys=SecretStr("k1:tenant-a"), api_port=7001, topic_partitions=4)
     env = settings_env(settings)
     assert env["USAGE_API_KEYS"] == "k1:tenant-a"
     assert env["USAGE_API_PORT"] == "7001"

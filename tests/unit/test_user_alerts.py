@@ -17,7 +17,7 @@ from processor.domain.alerts import alert_id
 from processor.domain.windows import DAY_MS, Retention
 from processor.store.keys import Keys
 from processor.store.runs import ALERTS_OUTBOX, RunStore
-from tests.unit.test_api_support import tokens, tool
+from tests.unit.api_support import tokens, tool
 
 USD = 10**12
 DAY0 = 1_733_011_200_000  # 2024-12-01T00:00:00Z

@@ -18,15 +18,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from processor.domain.counts import TokenCounts
+from processor.domain.fold import AcceptedEntry
 from processor.domain.invoices import TransitionRefused, adjustment_id
 from processor.domain.money import format_usd
-from processor.domain.rollup import AcceptedEntry, TokenCounts
 from processor.domain.windows import HOUR_MS, AgentUsage, Retention, WindowUsage
 from processor.store.invoices import InvoiceNotFound, InvoiceStore
 from processor.store.keys import Keys
 from processor.store.runs import DEFAULT_RETENTION, INVOICES_OUTBOX, RunStore
 from processor.store.user_queries import UserQueries
-from tests.unit.test_api_support import custom, tokens, tool
+from tests.unit.api_support import custom, tokens, tool
 
 DAY_S = 86_400
 #: windows kept for a century: keys of 2024 stay in Redis (whatever its clock says)

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.domain.rollup import AcceptedEntry, TokenCounts, fold_batch
+from processor.domain.counts import TokenCounts
+from processor.domain.fold import AcceptedEntry, fold_batch
 from processor.domain.windows import (
     DAY_MS,
     HOUR_MS,

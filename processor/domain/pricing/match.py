@@ -19,7 +19,12 @@ _LEAVES = ("equals", "startsWith", "endsWith", "contains", "regex")
 
 
 def compile_clause(clause: Any, where: str) -> Matcher:
-    """A predicate over lower-cased text; ValueError naming ``where`` when malformed."""
+    """A predicate over lower-cased text; ValueError naming ``where`` when malformed.
+
+    >>> rule = compile_clause({"or": [{"startsWith": "GPT-4o"}, {"equals": "o1"}]}, "m")
+    >>> rule("gpt-4o-mini"), rule("o1"), rule("o1-mini")
+    (True, True, False)
+    """
     if not isinstance(clause, Mapping) or len(clause) != 1:
         raise ValueError(f"{where}: a match clause is a mapping with exactly one key")
     ((kind, arg),) = clause.items()
@@ -52,7 +57,13 @@ def compile_clause(clause: Any, where: str) -> Matcher:
 
 def exact_names(clause: Any) -> list[str] | None:
     """The names a clause matches when it only matches names exactly (``equals``, or an
-    ``or`` of such), lower-cased; None when it may match other strings too."""
+    ``or`` of such), lower-cased; None when it may match other strings too.
+
+    >>> exact_names({"or": [{"equals": "GPT-4o"}, {"equals": "gpt-4o-2024-08-06"}]})
+    ['gpt-4o', 'gpt-4o-2024-08-06']
+    >>> exact_names({"or": [{"equals": "gpt-4o"}, {"startsWith": "gpt-4o-"}]}) is None
+    True
+    """
     if not isinstance(clause, Mapping) or len(clause) != 1:
         return None
     ((kind, arg),) = clause.items()
@@ -74,7 +85,11 @@ _COMPACT_DATE = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=
 
 def dashed_dates(model: str) -> str:
     """``gpt-5.2-20251211`` -> ``gpt-5.2-2025-12-11`` (real dates only), as genai-prices
-    retries a model it did not find: LiteLLM and OpenRouter send compact dates."""
+    retries a model it did not find: LiteLLM and OpenRouter send compact dates.
+
+    >>> dashed_dates("gpt-5.2-20251211"), dashed_dates("model-20251341")
+    ('gpt-5.2-2025-12-11', 'model-20251341')
+    """
 
     def replace(m: re.Match[str]) -> str:
         year, month, day = (int(m.group(i)) for i in range(2, 5))

@@ -22,7 +22,11 @@ _MS_PER_DAY = 86_400_000
 
 
 def pico_per_token(value: Decimal, where: str) -> int:
-    """Pico-dollars per token for a USD-per-million price; ValueError naming ``where``."""
+    """Pico-dollars per token for a USD-per-million price; ValueError naming ``where``.
+
+    >>> pico_per_token(Decimal("2.5"), "input"), pico_per_token(Decimal("0.000001"), "input")
+    (2500000, 1)
+    """
     if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
         raise ValueError(f"{where}: {value!r} must be a finite decimal >= 0")
     try:
@@ -38,7 +42,11 @@ def pico_per_token(value: Decimal, where: str) -> int:
 
 
 def per_call_pico(per_thousand: Decimal) -> int:
-    """Pico-dollars per call for a USD-per-1,000-calls fee (at most 9 decimals)."""
+    """Pico-dollars per call for a USD-per-1,000-calls fee (at most 9 decimals).
+
+    >>> per_call_pico(Decimal("5"))  # $5 per 1,000 calls: half a cent each
+    5000000000
+    """
     try:
         pico = usd_to_pico(per_thousand)
     except ValueError:

@@ -1,4 +1,6 @@
-"""One batch of raw messages in, exact effects out: DLQ, Redis rollups, metrics.
+"""The Kafka batch pipeline: one batch of raw messages in, exact effects out (DLQ, Redis
+rollups, metrics). ``processor.consumer`` feeds it the batches it fetches; entries posted
+over HTTP (``processor.api.http_ingest``) are published to the topic and come back here.
 
 Faust-free on purpose so the same code runs in the worker, in tests and in the benchmark.
 The partitions' next offsets are written in Redis in the same atomic step as the batch's
@@ -17,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from processor.domain.accept import accept_entry
+from processor.domain.fold import AcceptedEntry
 from processor.domain.pricing import PriceCatalog
-from processor.domain.rollup import AcceptedEntry
 from processor.domain.windows import Retention, late_windows
 from processor.metrics import ENTRY_KINDS, UNKNOWN, UsageMetrics
 from processor.settings import Settings
@@ -65,7 +67,7 @@ class RawMessage(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A RawMessage built by hand (tests, HTTP ingest)."""
+    """A RawMessage built by hand (tests)."""
 
     topic: str
     partition: int
