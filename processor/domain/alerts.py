@@ -71,6 +71,24 @@ class Check:
         ]
 
 
+def _levels(rule: AlertRule) -> list[tuple[str, Decimal, int, int]]:
+    """(level, threshold, numerator, denominator) of each level a rule has, warning
+    first: a rate as an exact fraction, cost and tokens in the store's units."""
+    out = []
+    for level in LEVELS:
+        value = rule.warning if level == "warning" else rule.critical
+        if value is None:
+            continue
+        if rule.metric == "toolFailureRate":
+            num, den = value.as_integer_ratio()
+        else:
+            units = rule.warning_units if level == "warning" else rule.critical_units
+            assert units is not None
+            num, den = units, 1
+        out.append((level, value, num, den))
+    return out
+
+
 def user_checks(
     rules: Sequence[AlertRule], tenant: str, user: str, kind: str, start: int
 ) -> list[Check]:
@@ -79,16 +97,7 @@ def user_checks(
     for rule in rules:
         if rule.subject != "user" or rule.window != kind:
             continue
-        for level in LEVELS:
-            value = rule.warning if level == "warning" else rule.critical
-            if value is None:
-                continue
-            if rule.metric == "toolFailureRate":
-                num, den = value.as_integer_ratio()
-            else:
-                units = rule.warning_units if level == "warning" else rule.critical_units
-                assert units is not None
-                num, den = units, 1
+        for level, value, num, den in _levels(rule):
             out.append(
                 Check(
                     METRIC_CODES[rule.metric],
@@ -113,16 +122,7 @@ def run_checks(rules: Sequence[AlertRule]) -> list[list[object]]:
     for rule in rules:
         if rule.subject != "run":
             continue
-        for level in LEVELS:
-            value = rule.warning if level == "warning" else rule.critical
-            if value is None:
-                continue
-            if rule.metric == "toolFailureRate":
-                num, den = value.as_integer_ratio()
-            else:
-                units = rule.warning_units if level == "warning" else rule.critical_units
-                assert units is not None
-                num, den = units, 1
+        for level, value, num, den in _levels(rule):
             out.append(
                 [
                     METRIC_CODES[rule.metric],

@@ -7,25 +7,22 @@ cycles cut; only ``alert_id`` and ``entry_cost`` are imported.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import random
-import re
-import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import yaml
 
 from processor.domain.alerts import alert_id
 from processor.domain.pricing import load_catalog
-from processor.settings import Settings
-from processor.store.keys import Keys
-from processor.store.runs import ALERTS_OUTBOX
+from tests.integration import alert_checks
+from tests.integration.alert_checks import (
+    ALERT_FIELDS,
+    PLAIN_DECIMAL,
+    TENANT,
+)
 from tests.integration.ground_truth import (
     Entry,
     entry_cost,
@@ -33,20 +30,10 @@ from tests.integration.ground_truth import (
     usd,
     utc_ms,
 )
-from tests.integration.harness import WorkerProcess, wait_for
 from tests.integration.user_streams import (
     Published,
-    read_committed,
 )
 
-TENANT = "default"
-LEVELS = ("warning", "critical")
-ALERT_FIELDS = {
-    "alertId", "rule", "level", "tenantId", "subject", "window", "metric",
-    "observed", "threshold", "triggeredAt", "entryId", "message",
-}  # fmt: skip
-PLAIN_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]*[1-9])?")
-QUIET_S = 3.0  # after the outbox is empty: nothing more may appear on the topic meanwhile
 T0 = utc_ms("2025-10-20T08:00:00.000Z")
 
 
@@ -195,38 +182,6 @@ def stamp(entries: Sequence[Entry], start: int) -> list[Entry]:
 # --- reading what was published ---------------------------------------------------------------
 
 
-def by_index(got: Sequence[Published]) -> list[Published]:
-    return sorted(got, key=lambda m: (m.partition, m.offset))
-
-
-async def published_alerts(
-    redis: aioredis.Redis, settings: Settings, workers: Sequence[WorkerProcess]
-) -> list[Published]:
-    """Once the alerts outbox is empty, every committed message of the notifications topic;
-    then nothing more may appear for ``QUIET_S``."""
-    key = Keys(settings.key_prefix).outbox(ALERTS_OUTBOX)
-
-    async def empty() -> bool:
-        return int(await redis.xlen(key)) == 0
-
-    try:
-        await wait_for(empty, timeout=60, interval=0.1, message="alerts outbox drained")
-    except TimeoutError as exc:
-        left = int(await redis.xlen(key))
-        logs = "\n".join(w.log_tail() for w in workers)
-        raise AssertionError(f"{exc}: {left} alert(s) still in {key}\n{logs}") from None
-    first = by_index(await read_committed(settings, settings.topic_notifications))
-    deadline = time.monotonic() + QUIET_S
-    while time.monotonic() < deadline:
-        assert int(await redis.xlen(key)) == 0, "new alerts decided after the stream was applied"
-        await asyncio.sleep(0.2)
-    second = by_index(await read_committed(settings, settings.topic_notifications))
-    assert second == first, (
-        f"the topic changed after the outbox was empty: {len(first)} then {len(second)} messages"
-    )
-    return first
-
-
 def check_message(
     m: Published, rule: Rule, run: str, level: str, truth: TreeTruth, span: tuple[int, int]
 ) -> list[str]:
@@ -262,42 +217,6 @@ def check_message(
     if v.get("entryId") not in truth.tree_entries(run):
         problems.append(f"entryId {v.get('entryId')!r} is not an entry of the run's tree")
     return problems
-
-
-def assert_exactly_once(
-    got: Sequence[Published], expected: dict[str, tuple[Rule, str, str]]
-) -> None:
-    counts = Counter(str(m.value.get("alertId")) for m in got)
-    repeated = {a: n for a, n in counts.items() if n > 1}
-    missing = sorted(set(expected) - set(counts))
-    unexpected = sorted(set(counts) - set(expected))
-
-    def name(aid: str) -> str:
-        x = expected.get(aid)
-        if x is None:
-            m = next(m for m in got if m.value.get("alertId") == aid)
-            return f"{aid} {json.dumps(m.value, sort_keys=True)}"
-        return f"{aid} ({x[0].name} {x[1]} {x[2]})"
-
-    assert not repeated and not missing and not unexpected, (
-        f"{len(got)} alert messages, {len(expected)} expected; "
-        f"published more than once: {[(name(a), n) for a, n in repeated.items()]}; "
-        f"missing: {[name(a) for a in missing]}; unexpected: {[name(a) for a in unexpected]}"
-    )
-
-
-async def assert_records(
-    redis: aioredis.Redis, settings: Settings, got: Sequence[Published]
-) -> None:
-    """Each published alert is the record kept in Redis, listed in the tenant's index."""
-    keys = Keys(settings.key_prefix)
-    listed = set(await redis.zrange(keys.alerts(TENANT), 0, -1))
-    assert listed == {m.value["alertId"] for m in got}, (
-        f"alerts index: {len(listed)} ids; published: {len(got)}"
-    )
-    for m in got:
-        raw = await redis.get(keys.alert(TENANT, m.value["alertId"]))
-        assert raw is not None and json.loads(raw) == m.value, (m.value, raw)
 
 
 # --- 1. children first ----------------------------------------------------------------------
@@ -348,3 +267,13 @@ def forest(prefix: str, seed: int) -> list[Entry]:
         if not queues[i]:
             queues.pop(i)
     return stamp(out, T0)
+
+
+def assert_exactly_once(
+    got: Sequence[Published], expected: dict[str, tuple[Rule, str, str]]
+) -> None:
+    def describe(aid: str) -> str:
+        x = expected[aid]
+        return f"{x[0].name} {x[1]} {x[2]}"
+
+    alert_checks.assert_exactly_once(got, list(expected), describe)

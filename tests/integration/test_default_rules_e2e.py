@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
 import time
 from collections import Counter
 from decimal import Decimal
@@ -27,8 +26,10 @@ from processor.consumer import ingest_group_id
 from processor.domain.alert_rules import DEFAULT_RULES
 from processor.settings import Settings
 from processor.stack.ports import pick_port
+from tests.integration import alert_checks
 from tests.integration import run_alert_truth as runs_e2e
 from tests.integration import user_alert_truth as users_e2e
+from tests.integration.alert_checks import kill_on_schedule
 from tests.integration.ground_truth import (
     Entry,
     messages,
@@ -152,35 +153,23 @@ async def test_default_rules_fire_exactly_once_with_two_workers_and_sigkills(
         producer = PacedProducer(
             settings, settings.topic_entries, messages(stream), rate=RATE, chunk=BURST
         ).start()
-        kills = []
-        for share, victim_index in KILLS:
-            victim = workers[victim_index]
-            target = int(share * tree_truth.accepted)
-            await wait_applied(redis, settings, target, timeout=120, workers=workers)
-            victim.kill(signal.SIGKILL)
-            assert victim.returncode == -signal.SIGKILL, victim.log_tail()
-            await producer.pause()
-            kills.append((victim_index, await applied_count(redis, settings), producer.acked))
-            victim.start()
-            await victim.wait_ready(timeout=90)
-            producer.resume()
-        # three different moments, each with part of the stream still to come
-        assert len({k[1] for k in kills}) == len(KILLS), kills
-        assert all(acked < producer.total for _, _, acked in kills), kills
+        await kill_on_schedule(redis, settings, workers, producer, KILLS, tree_truth.accepted)
         await producer.wait_done(timeout=120)
 
         await wait_applied(redis, settings, tree_truth.accepted, timeout=120, workers=workers)
         await wait_caught_up(settings, ingest_group_id(settings), timeout=120)
         assert await applied_count(redis, settings) == tree_truth.accepted
-        got = await runs_e2e.published_alerts(redis, settings, workers)
+        got = await alert_checks.published_alerts(redis, settings, workers)
         done_ms = int(time.time() * 1000)
 
-        counts = Counter(str(m.value.get("alertId")) for m in got)
-        assert {a for a, n in counts.items() if n > 1} == set(), "published more than once"
-        assert set(counts) == expected_ids, (
-            f"missing {sorted(expected_ids - set(counts))}, "
-            f"unexpected {sorted(set(counts) - expected_ids)}"
-        )
+        def describe(aid: str) -> str:
+            if aid in user_expected:
+                x = user_expected[aid]
+                return f"{x.rule.name} {x.user} {x.kind} {x.start} {x.level}"
+            rule, run, level = run_expected[aid]
+            return f"{rule.name} {run} {level}"
+
+        alert_checks.assert_exactly_once(got, sorted(expected_ids), describe)
         problems = []
         for m in got:
             aid = m.value["alertId"]
@@ -207,7 +196,7 @@ async def test_default_rules_fire_exactly_once_with_two_workers_and_sigkills(
                 problems.append(f"{json.dumps(m.value, sort_keys=True)}: {'; '.join(found)}")
         assert not problems, f"{len(problems)} wrong alert message(s):\n" + "\n".join(problems[:20])
         users_e2e.assert_warning_first([m for m in got if m.value["subject"]["type"] == "user"])
-        await runs_e2e.assert_records(redis, settings, got)
+        await alert_checks.assert_records(redis, settings, got)
     finally:
         if producer is not None:
             await producer.stop()

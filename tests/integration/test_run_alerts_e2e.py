@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +31,13 @@ from processor.consumer import ingest_group_id
 from processor.settings import Settings
 from processor.stack.ports import pick_port
 from processor.store.keys import Keys
+from tests.integration.alert_checks import (
+    LEVELS,
+    TENANT,
+    assert_records,
+    kill_on_schedule,
+    published_alerts,
+)
 from tests.integration.ground_truth import (
     messages,
     wait_caught_up,
@@ -40,16 +46,12 @@ from tests.integration.ground_truth import (
 from tests.integration.harness import WorkerProcess, create_topics, produce
 from tests.integration.redis_control import PacedProducer
 from tests.integration.run_alert_truth import (
-    LEVELS,
     T0,
-    TENANT,
     Maker,
     TreeTruth,
     assert_exactly_once,
-    assert_records,
     check_message,
     forest,
-    published_alerts,
     stamp,
     write_rules,
 )
@@ -228,26 +230,7 @@ async def test_run_alerts_exactly_once_with_two_workers_and_sigkills(
         producer = PacedProducer(
             settings, settings.topic_entries, messages(stream), rate=RATE, chunk=BURST
         ).start()
-        kills = []
-        for share, victim_index in KILLS:
-            victim = workers[victim_index]
-            await wait_applied(
-                redis, settings, int(share * truth.accepted), timeout=120, workers=workers
-            )
-            victim.kill(signal.SIGKILL)
-            assert victim.returncode == -signal.SIGKILL, victim.log_tail()
-            await producer.pause()
-            at_kill = await applied_count(redis, settings)
-            kills.append((victim_index, at_kill, producer.acked))
-            print(
-                f"kill worker {'ab'[victim_index]}: {at_kill}/{truth.accepted} entries applied, "
-                f"{producer.acked}/{producer.total} messages produced"
-            )
-            victim.start()
-            await victim.wait_ready(timeout=90)
-            producer.resume()
-        assert len({k[1] for k in kills}) == len(KILLS), kills
-        assert all(acked < producer.total for _, _, acked in kills), kills
+        await kill_on_schedule(redis, settings, workers, producer, KILLS, truth.accepted)
         await producer.wait_done(timeout=120)
 
         await wait_applied(redis, settings, truth.accepted, timeout=120, workers=workers)

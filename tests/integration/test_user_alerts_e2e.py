@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -39,6 +38,15 @@ from processor.domain.pricing import load_catalog
 from processor.settings import Settings
 from processor.stack.ports import pick_port
 from processor.store.keys import Keys
+from tests.integration.alert_checks import (
+    ALERT_FIELDS,
+    LEVELS,
+    TENANT,
+    assert_records,
+    by_index,
+    kill_on_schedule,
+    published_alerts,
+)
 from tests.integration.ground_truth import (
     Entry,
     entry_cost,
@@ -50,23 +58,17 @@ from tests.integration.ground_truth import (
 from tests.integration.harness import WorkerProcess, create_topics, produce
 from tests.integration.redis_control import PacedProducer
 from tests.integration.user_alert_truth import (
-    ALERT_FIELDS,
     BUSY_HOURS,
     DAY_MS,
     HEAVY,
     HOUR_MS,
-    LEVELS,
     NEXT_MONTH,
     RULES_YAML,
-    TENANT,
     AlertTruth,
     StreamMaker,
     assert_exactly_once,
-    assert_records,
     assert_warning_first,
-    by_index,
     check_message,
-    published_alerts,
     window_of,
     write_rules,
 )
@@ -147,26 +149,7 @@ async def test_alerts_exactly_once_with_two_workers_and_sigkills(
         producer = PacedProducer(
             settings, settings.topic_entries, messages(stream), rate=RATE, chunk=BURST
         ).start()
-        kills = []
-        for share, victim_index in KILLS:
-            victim = workers[victim_index]
-            target = int(share * truth.accepted)
-            await wait_applied(redis, settings, target, timeout=120, workers=workers)
-            victim.kill(signal.SIGKILL)
-            assert victim.returncode == -signal.SIGKILL, victim.log_tail()
-            await producer.pause()
-            at_kill = await applied_count(redis, settings)
-            kills.append((victim_index, at_kill, producer.acked))
-            print(
-                f"kill worker {'ab'[victim_index]}: {at_kill}/{truth.accepted} entries applied, "
-                f"{producer.acked}/{producer.total} messages produced"
-            )
-            victim.start()
-            await victim.wait_ready(timeout=90)
-            producer.resume()
-        # the premise: three different moments, each with part of the stream still to come
-        assert len({k[1] for k in kills}) == len(KILLS), kills
-        assert all(acked < producer.total for _, _, acked in kills), kills
+        await kill_on_schedule(redis, settings, workers, producer, KILLS, truth.accepted)
         await producer.wait_done(timeout=120)
 
         await wait_applied(redis, settings, truth.accepted, timeout=120, workers=workers)

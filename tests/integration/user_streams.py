@@ -164,7 +164,8 @@ def shuffled(entries: Sequence[Entry], seed: int) -> list[Entry]:
 
 
 def decoding_redis(settings: Settings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    return client
 
 
 async def applied_count(redis: aioredis.Redis, settings: Settings) -> int:
