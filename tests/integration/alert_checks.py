@@ -10,16 +10,25 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from processor.consumer import ingest_group_id
 from processor.settings import Settings
 from processor.store.keys import Keys
 from processor.store.runs import ALERTS_OUTBOX
-from tests.integration.harness import WorkerProcess, wait_for
+from tests.integration.ground_truth import Entry, messages, wait_caught_up
+from tests.integration.harness import WorkerProcess, create_topics, wait_for
 from tests.integration.redis_control import PacedProducer
-from tests.integration.user_streams import Published, applied_count, read_committed, wait_applied
+from tests.integration.user_streams import (
+    Published,
+    applied_count,
+    decoding_redis,
+    read_committed,
+    wait_applied,
+)
 
 TENANT = "default"
 LEVELS = ("warning", "critical")
@@ -139,3 +148,49 @@ async def kill_on_schedule(
         producer.resume()
     assert len({k[1] for k in kills}) == len(schedule), kills
     assert all(acked < producer.total for _, _, acked in kills), kills
+
+
+async def two_workers_with_kills(
+    settings: Settings,
+    other: Settings,
+    logs: Path,
+    stream: Sequence[Entry],
+    total: int,
+    *,
+    rate: float,
+    burst: int,
+    kills: Sequence[tuple[float, int]],
+    check: Callable[[aioredis.Redis, list[Published], tuple[int, int]], Awaitable[None]],
+) -> None:
+    """Two workers of one group (``settings`` and ``other``) take ``stream``, produced in
+    bursts of ``burst`` at about ``rate`` a second and paused while a worker is down, with
+    the SIGKILLs of ``kills``; once all ``total`` distinct entries are applied and the
+    alerts outbox is empty, ``check`` gets what was published and the span of time."""
+    await create_topics(settings)
+    redis = decoding_redis(settings)
+    workers = [
+        WorkerProcess(settings, logs / "worker-a.log"),
+        WorkerProcess(other, logs / "worker-b.log"),
+    ]
+    producer: PacedProducer | None = None
+    started_ms = int(time.time() * 1000)
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            await w.wait_ready(timeout=90)
+        producer = PacedProducer(
+            settings, settings.topic_entries, messages(stream), rate=rate, chunk=burst
+        ).start()
+        await kill_on_schedule(redis, settings, workers, producer, kills, total)
+        await producer.wait_done(timeout=120)
+        await wait_applied(redis, settings, total, timeout=120, workers=workers)
+        await wait_caught_up(settings, ingest_group_id(settings), timeout=120)
+        assert await applied_count(redis, settings) == total
+        got = await published_alerts(redis, settings, workers)
+        await check(redis, got, (started_ms, int(time.time() * 1000)))
+    finally:
+        if producer is not None:
+            await producer.stop()
+        await asyncio.gather(*(w.aterminate(timeout=20) for w in workers))
+        await redis.aclose()

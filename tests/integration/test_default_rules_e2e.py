@@ -12,38 +12,29 @@ window, level) the ground truth says must fire, and nothing else, every field ch
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from processor.consumer import ingest_group_id
 from processor.domain.alert_rules import DEFAULT_RULES
 from processor.settings import Settings
 from processor.stack.ports import pick_port
 from tests.integration import alert_checks
 from tests.integration import run_alert_truth as runs_e2e
 from tests.integration import user_alert_truth as users_e2e
-from tests.integration.alert_checks import kill_on_schedule
+from tests.integration.alert_checks import two_workers_with_kills
 from tests.integration.ground_truth import (
     Entry,
-    messages,
     usd,
     utc_ms,
-    wait_caught_up,
     with_duplicates,
 )
-from tests.integration.harness import WorkerProcess, create_topics
-from tests.integration.redis_control import PacedProducer
 from tests.integration.user_streams import (
-    applied_count,
-    decoding_redis,
-    wait_applied,
+    Published,
     window_settings,
 )
 
@@ -138,30 +129,7 @@ async def test_default_rules_fire_exactly_once_with_two_workers_and_sigkills(
         f"{len(expected_ids)} alerts ({dict(per)})"
     )
 
-    await create_topics(settings)
-    redis = decoding_redis(settings)
-    a = WorkerProcess(settings, tmp_path / "worker-a.log")
-    b = WorkerProcess(other, tmp_path / "worker-b.log")
-    workers = [a, b]
-    producer: PacedProducer | None = None
-    started_ms = int(time.time() * 1000)
-    try:
-        a.start()
-        b.start()
-        await a.wait_ready(timeout=90)
-        await b.wait_ready(timeout=90)
-        producer = PacedProducer(
-            settings, settings.topic_entries, messages(stream), rate=RATE, chunk=BURST
-        ).start()
-        await kill_on_schedule(redis, settings, workers, producer, KILLS, tree_truth.accepted)
-        await producer.wait_done(timeout=120)
-
-        await wait_applied(redis, settings, tree_truth.accepted, timeout=120, workers=workers)
-        await wait_caught_up(settings, ingest_group_id(settings), timeout=120)
-        assert await applied_count(redis, settings) == tree_truth.accepted
-        got = await alert_checks.published_alerts(redis, settings, workers)
-        done_ms = int(time.time() * 1000)
-
+    async def check(redis: aioredis.Redis, got: list[Published], span: tuple[int, int]) -> None:
         def describe(aid: str) -> str:
             if aid in user_expected:
                 x = user_expected[aid]
@@ -174,14 +142,10 @@ async def test_default_rules_fire_exactly_once_with_two_workers_and_sigkills(
         for m in got:
             aid = m.value["alertId"]
             if aid in user_expected:
-                found = users_e2e.check_message(
-                    m, user_expected[aid], user_truth, (started_ms, done_ms)
-                )
+                found = users_e2e.check_message(m, user_expected[aid], user_truth, span)
             else:
                 rule, run, level = run_expected[aid]
-                found = runs_e2e.check_message(
-                    m, rule, run, level, tree_truth, (started_ms, done_ms)
-                )
+                found = runs_e2e.check_message(m, rule, run, level, tree_truth, span)
                 eid = m.value["entryId"]
                 entry = tree_truth.entries.get(eid)
                 if not found and entry is not None and entry["kind"] == "tokens":
@@ -197,8 +161,8 @@ async def test_default_rules_fire_exactly_once_with_two_workers_and_sigkills(
         assert not problems, f"{len(problems)} wrong alert message(s):\n" + "\n".join(problems[:20])
         users_e2e.assert_warning_first([m for m in got if m.value["subject"]["type"] == "user"])
         await alert_checks.assert_records(redis, settings, got)
-    finally:
-        if producer is not None:
-            await producer.stop()
-        await asyncio.gather(*(w.aterminate(timeout=20) for w in workers))
-        await redis.aclose()
+
+    await two_workers_with_kills(
+        settings, other, tmp_path, stream, tree_truth.accepted,
+        rate=RATE, burst=BURST, kills=KILLS, check=check,
+    )  # fmt: skip

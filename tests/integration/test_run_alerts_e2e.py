@@ -19,7 +19,6 @@ deterministic id) and ``entry_cost`` (the catalog's public prices or the produce
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -35,8 +34,8 @@ from tests.integration.alert_checks import (
     LEVELS,
     TENANT,
     assert_records,
-    kill_on_schedule,
     published_alerts,
+    two_workers_with_kills,
 )
 from tests.integration.ground_truth import (
     messages,
@@ -44,7 +43,6 @@ from tests.integration.ground_truth import (
     with_duplicates,
 )
 from tests.integration.harness import WorkerProcess, create_topics, produce
-from tests.integration.redis_control import PacedProducer
 from tests.integration.run_alert_truth import (
     T0,
     Maker,
@@ -56,7 +54,7 @@ from tests.integration.run_alert_truth import (
     write_rules,
 )
 from tests.integration.user_streams import (
-    applied_count,
+    Published,
     decoding_redis,
     wait_applied,
     window_settings,
@@ -215,41 +213,18 @@ async def test_run_alerts_exactly_once_with_two_workers_and_sigkills(
         f"{len(expected)} alerts"
     )
 
-    await create_topics(settings)
-    redis = decoding_redis(settings)
-    a = WorkerProcess(settings, tmp_path / "worker-a.log")
-    b = WorkerProcess(other, tmp_path / "worker-b.log")
-    workers = [a, b]
-    producer: PacedProducer | None = None
-    started_ms = int(time.time() * 1000)
-    try:
-        a.start()
-        b.start()
-        await a.wait_ready(timeout=90)
-        await b.wait_ready(timeout=90)
-        producer = PacedProducer(
-            settings, settings.topic_entries, messages(stream), rate=RATE, chunk=BURST
-        ).start()
-        await kill_on_schedule(redis, settings, workers, producer, KILLS, truth.accepted)
-        await producer.wait_done(timeout=120)
-
-        await wait_applied(redis, settings, truth.accepted, timeout=120, workers=workers)
-        await wait_caught_up(settings, ingest_group_id(settings), timeout=120)
-        assert await applied_count(redis, settings) == truth.accepted
-        got = await published_alerts(redis, settings, workers)
-        done_ms = int(time.time() * 1000)
-
+    async def check(redis: aioredis.Redis, got: list[Published], span: tuple[int, int]) -> None:
         assert_exactly_once(got, expected)
         problems = []
         for m in got:
             rule, run, level = expected[m.value["alertId"]]
-            found = check_message(m, rule, run, level, truth, (started_ms, done_ms))
+            found = check_message(m, rule, run, level, truth, span)
             if found:
                 problems.append(f"{json.dumps(m.value, sort_keys=True)}: {'; '.join(found)}")
         assert not problems, f"{len(problems)} wrong alert message(s):\n" + "\n".join(problems[:20])
         await assert_records(redis, settings, got)
-    finally:
-        if producer is not None:
-            await producer.stop()
-        await asyncio.gather(*(w.aterminate(timeout=20) for w in workers))
-        await redis.aclose()
+
+    await two_workers_with_kills(
+        settings, other, tmp_path, stream, truth.accepted,
+        rate=RATE, burst=BURST, kills=KILLS, check=check,
+    )  # fmt: skip

@@ -21,7 +21,6 @@ imported.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -32,7 +31,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from processor.consumer import ingest_group_id
 from processor.domain.alerts import alert_id
 from processor.domain.pricing import load_catalog
 from processor.settings import Settings
@@ -44,19 +42,17 @@ from tests.integration.alert_checks import (
     TENANT,
     assert_records,
     by_index,
-    kill_on_schedule,
     published_alerts,
+    two_workers_with_kills,
 )
 from tests.integration.ground_truth import (
     Entry,
     entry_cost,
     messages,
     utc_ms,
-    wait_caught_up,
     with_duplicates,
 )
 from tests.integration.harness import WorkerProcess, create_topics, produce
-from tests.integration.redis_control import PacedProducer
 from tests.integration.user_alert_truth import (
     BUSY_HOURS,
     DAY_MS,
@@ -73,7 +69,7 @@ from tests.integration.user_alert_truth import (
     write_rules,
 )
 from tests.integration.user_streams import (
-    applied_count,
+    Published,
     decoding_redis,
     wait_applied,
     window_settings,
@@ -132,46 +128,23 @@ async def test_alerts_exactly_once_with_two_workers_and_sigkills(
                     )
     print(f"{len(stream)} messages, {truth.accepted} distinct entries, {len(expected)} alerts")
 
-    await create_topics(settings)
-    redis = decoding_redis(settings)
-    a = WorkerProcess(settings, tmp_path / "worker-a.log")
-    b = WorkerProcess(other, tmp_path / "worker-b.log")
-    workers = [a, b]
-    producer: PacedProducer | None = None
-    started_ms = int(time.time() * 1000)
-    try:
-        a.start()
-        b.start()
-        await a.wait_ready(timeout=90)
-        await b.wait_ready(timeout=90)
-        # bursts of BURST messages at about RATE a second, paused while a worker is down
-        # (so that each kill lands with part of the stream still to come)
-        producer = PacedProducer(
-            settings, settings.topic_entries, messages(stream), rate=RATE, chunk=BURST
-        ).start()
-        await kill_on_schedule(redis, settings, workers, producer, KILLS, truth.accepted)
-        await producer.wait_done(timeout=120)
-
-        await wait_applied(redis, settings, truth.accepted, timeout=120, workers=workers)
-        await wait_caught_up(settings, ingest_group_id(settings), timeout=120)
-        assert await applied_count(redis, settings) == truth.accepted
-        got = await published_alerts(redis, settings, workers)
-        done_ms = int(time.time() * 1000)
-
+    async def check(redis: aioredis.Redis, got: list[Published], span: tuple[int, int]) -> None:
         assert_exactly_once(got, expected)
         problems = []
         for m in got:
-            found = check_message(m, expected[m.value["alertId"]], truth, (started_ms, done_ms))
+            found = check_message(m, expected[m.value["alertId"]], truth, span)
             if found:
                 problems.append(f"{json.dumps(m.value, sort_keys=True)}: {'; '.join(found)}")
         assert not problems, f"{len(problems)} wrong alert message(s):\n" + "\n".join(problems[:20])
         assert_warning_first(got)
         await assert_records(redis, settings, got)
-    finally:
-        if producer is not None:
-            await producer.stop()
-        await asyncio.gather(*(w.aterminate(timeout=20) for w in workers))
-        await redis.aclose()
+
+    # bursts of BURST messages at about RATE a second, paused while a worker is down (so
+    # that each kill lands with part of the stream still to come)
+    await two_workers_with_kills(
+        settings, other, tmp_path, stream, truth.accepted,
+        rate=RATE, burst=BURST, kills=KILLS, check=check,
+    )  # fmt: skip
 
 
 # --- 2. one user, one entry at a time: the exact entry and value ---------------------------------
