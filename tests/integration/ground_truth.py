@@ -515,6 +515,26 @@ def utc_ms(text: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
+def _ms(t: datetime) -> int:
+    d = t - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
+
+
+def window_of(kind: str, ts: int) -> tuple[int, int]:
+    """[start, end) in epoch ms of the UTC hour, day or month holding ``ts``."""
+    t = _EPOCH + timedelta(milliseconds=ts)
+    if kind == "hour":
+        start = t.replace(minute=0, second=0, microsecond=0)
+        end = start + timedelta(hours=1)
+    elif kind == "day":
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=1)
+    else:
+        start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start + timedelta(days=32)).replace(day=1)
+    return _ms(start), _ms(end)
+
+
 @dataclass
 class AgentTruth:
     tokens: dict[str, int] = field(default_factory=_zero_counts)

@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.integration.ground_truth import (
     Entry,
     messages,
     wait_caught_up,
+    window_of,
     with_duplicates,
 )
 from tests.integration.harness import WorkerProcess, create_topics, produce
@@ -49,7 +49,6 @@ from tests.integration.user_streams import (
     window_settings,
 )
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PICO = Decimal("0.000000000001")
 KINDS = ("hour", "day", "month")
 
@@ -65,26 +64,6 @@ def plain(d: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text
-
-
-def _ms(t: datetime) -> int:
-    d = t - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
-
-
-def window_of(kind: str, ts: int) -> tuple[int, int]:
-    """[start, end) in epoch ms of the UTC hour, day or month holding ``ts``."""
-    t = _EPOCH + timedelta(milliseconds=ts)
-    if kind == "hour":
-        start = t.replace(minute=0, second=0, microsecond=0)
-        end = start + timedelta(hours=1)
-    elif kind == "day":
-        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = start + timedelta(days=1)
-    else:
-        start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        end = (start + timedelta(days=32)).replace(day=1)
-    return _ms(start), _ms(end)
 
 
 def same_windows(a: int, b: int) -> bool:

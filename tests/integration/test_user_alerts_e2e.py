@@ -50,6 +50,7 @@ from tests.integration.ground_truth import (
     entry_cost,
     messages,
     utc_ms,
+    window_of,
     with_duplicates,
 )
 from tests.integration.harness import WorkerProcess, create_topics, produce
@@ -65,7 +66,6 @@ from tests.integration.user_alert_truth import (
     assert_exactly_once,
     assert_warning_first,
     check_message,
-    window_of,
     write_rules,
 )
 from tests.integration.user_streams import (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.integration.ground_truth import (
     entry_tokens,
     usd,
     utc_ms,
+    window_of,
 )
 from tests.integration.user_streams import (
     Published,
@@ -37,7 +37,6 @@ from tests.integration.user_streams import (
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --- rules, as the test reads its own file ------------------------------------------------
@@ -88,26 +87,6 @@ rules:
 
 
 # --- UTC windows -------------------------------------------------------------------------
-
-
-def _ms(t: datetime) -> int:
-    d = t - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
-
-
-def window_of(kind: str, ts: int) -> tuple[int, int]:
-    """[start, end) in epoch ms of the UTC hour, day or month holding ``ts``."""
-    t = _EPOCH + timedelta(milliseconds=ts)
-    if kind == "hour":
-        start = t.replace(minute=0, second=0, microsecond=0)
-        end = start + timedelta(hours=1)
-    elif kind == "day":
-        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = start + timedelta(days=1)
-    else:
-        start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        end = (start + timedelta(days=32)).replace(day=1)
-    return _ms(start), _ms(end)
 
 
 def rate_text(failed: int, total: int) -> str:
