@@ -136,6 +136,10 @@ class IngestConsumer(Service):  # type: ignore[misc]
         self._epoch: dict[TopicPartition, int] = {}
         #: partition -> offset to re-read from, decided by an apply, done by the loop
         self._rewinds: dict[TopicPartition, int | None] = {}
+        #: offsets Redis held at assignment, to commit to Kafka from the fetch loop: a
+        #: partition applied to its end before a crash would otherwise never be committed
+        #: again (no batch of it comes), and its lag would read as never caught up
+        self._held_to_commit: dict[TopicPartition, int] = {}
         self.failures = ApplyFailures(metrics, settings.apply_stall_seconds)
         self.joined = asyncio.Event()
 
@@ -198,6 +202,9 @@ class IngestConsumer(Service):  # type: ignore[misc]
                 log.debug("fetch failed: %r", exc)
                 await asyncio.sleep(0.5)
                 continue
+            if self._held_to_commit:
+                held, self._held_to_commit = self._held_to_commit, {}
+                await self._commit(held)
             if not records:
                 await self._drain()
                 await self._do_rewinds()
@@ -396,6 +403,7 @@ class IngestConsumer(Service):  # type: ignore[misc]
             self._committed.pop(tp, None)
             self._held.pop(tp, None)
             self._rewinds.pop(tp, None)
+            self._held_to_commit.pop(tp, None)
             if self._metrics is not None:
                 self._metrics.forget_partition(tp.topic, tp.partition)
 
@@ -422,6 +430,9 @@ class IngestConsumer(Service):  # type: ignore[misc]
             if start is not None:
                 consumer.seek(tp, start)
         self.assigned |= assigned
+        self._held_to_commit.update(
+            {tp: offset for tp, offset in zip(tps, held, strict=True) if offset is not None}
+        )
         self.joined.set()
         log.info(
             "ingest partitions assigned: %s (from the offsets Redis holds: %s)",
