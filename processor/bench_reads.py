@@ -37,7 +37,7 @@ from processor.stack.ports import pick_port
 from processor.stack.settings import StackSettings
 from processor.store.keys import Keys
 from processor.store.runs import RunStore
-from processor.topics import ensure_topics
+from processor.topics import ensure_topics, namespaced
 from schemas.entry import parse_entry
 
 HEAVY_ENTRIES = 1_000_000
@@ -209,13 +209,7 @@ def run_read_bench(settings: Settings) -> int:
     tag = f"benchr-{uuid.uuid4().hex[:8]}"
     settings = settings.model_copy(
         update={
-            "app_id": tag,
-            "key_prefix": tag,
-            "topic_entries": f"{tag}.usage.entries",
-            "topic_dlq": f"{tag}.usage.entries.dlq",
-            "topic_notifications": f"{tag}.usage.notifications",
-            "topic_invoices": f"{tag}.usage.invoices",
-            "topic_outbox_progress": f"{tag}.usage.outbox.progress",
+            **namespaced(tag),
             # a free port: a demo or another worker may hold the default one
             "api_port": pick_port(settings.api_port),
         }

@@ -60,7 +60,7 @@ from processor.simulate import Fleet, encode
 from processor.stack.connect import with_local_stack
 from processor.stack.ports import pick_port
 from processor.stack.settings import StackSettings
-from processor.topics import ensure_topics, owned_topics
+from processor.topics import ensure_topics, namespaced, owned_topics
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,8 @@ class Namespace:
         format, ...) with the namespace's names, a free port, and the namespace's key."""
         api_port = pick_port(settings.api_port)
         update: dict[str, object] = {
+            **namespaced(self.name),
             "app_id": f"usage-{self.name}",
-            "key_prefix": self.name,
-            "topic_entries": f"{self.name}.usage.entries",
-            "topic_dlq": f"{self.name}.usage.entries.dlq",
-            "topic_notifications": f"{self.name}.usage.notifications",
-            "topic_invoices": f"{self.name}.usage.invoices",
-            "topic_outbox_progress": f"{self.name}.usage.outbox.progress",
             "api_port": api_port,
             "api_keys": SecretStr(f"{self.api_key}:{DEMO_TENANT}"),
         }

@@ -18,6 +18,20 @@ class TopicSetupError(Exception):
     """A topic the processor owns could not be created."""
 
 
+def namespaced(tag: str) -> dict[str, str]:
+    """Settings updates that give a bench, a demo or a tool run names of its own (app id,
+    key prefix, every topic), so it never sees another run's data on a shared stack."""
+    return {
+        "app_id": tag,
+        "key_prefix": tag,
+        "topic_entries": f"{tag}.usage.entries",
+        "topic_dlq": f"{tag}.usage.entries.dlq",
+        "topic_notifications": f"{tag}.usage.notifications",
+        "topic_invoices": f"{tag}.usage.invoices",
+        "topic_outbox_progress": f"{tag}.usage.outbox.progress",
+    }
+
+
 def owned_topics(settings: Settings) -> list[str]:
     return [
         settings.topic_entries,

@@ -42,7 +42,7 @@ from processor.stack.connect import with_local_stack
 from processor.stack.ports import pick_port
 from processor.stack.settings import StackSettings
 from processor.store.keys import Keys
-from processor.topics import ensure_topics, owned_topics
+from processor.topics import ensure_topics, namespaced, owned_topics
 
 _ABANDONED = "stopping with a batch in flight"
 
@@ -53,13 +53,7 @@ def _settings() -> Settings:
     api = pick_port()
     return base.model_copy(
         update={
-            "app_id": tag,
-            "key_prefix": tag,
-            "topic_entries": f"{tag}.usage.entries",
-            "topic_dlq": f"{tag}.usage.entries.dlq",
-            "topic_notifications": f"{tag}.usage.notifications",
-            "topic_invoices": f"{tag}.usage.invoices",
-            "topic_outbox_progress": f"{tag}.usage.outbox.progress",
+            **namespaced(tag),
             "api_port": api,
             "metrics_port": pick_port(exclude={api}),
             "log_level": "info",
